@@ -1,0 +1,163 @@
+"""Recognise and validate dataset formats; load rows from a Dataset, a list of dicts or a file.
+
+Every error names the row, the column and the fix, so a bad row never becomes a crash deep in
+torch or a silently wrong batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import datasets
+
+# format -> (required columns, optional columns). Message-list values are "conversational".
+FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "language_modeling": (("text",), ()),
+    "prompt_completion": (("prompt", "completion"), ()),
+    "conversational": (("messages",), ()),
+    "preference": (("prompt", "chosen", "rejected"), ("margin",)),
+    "implicit_preference": (("chosen", "rejected"), ("margin",)),
+    "unpaired_preference": (("prompt", "completion", "label"), ()),
+    "prompt_only": (("prompt",), ()),
+}
+# Most specific first: a row with prompt+completion+label is unpaired preference, not prompt/completion.
+_DETECTION_ORDER = ("preference", "unpaired_preference", "implicit_preference", "prompt_completion",
+                    "conversational", "language_modeling", "prompt_only")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class DataFormatError(ValueError):
+    """A dataset row or column is not what the trainer needs; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    name: str
+    conversational: bool
+
+
+def load_rows(source, split: str = "train") -> datasets.Dataset:
+    """A ``datasets.Dataset`` from a Dataset, a DatasetDict (``split``), a list of dicts, or a path
+    to a .jsonl/.json/.csv/.parquet file."""
+    if isinstance(source, datasets.Dataset):
+        return source
+    if isinstance(source, datasets.DatasetDict):
+        if split not in source:
+            raise DataFormatError(f"The DatasetDict has no split {split!r}; it has {list(source)}.")
+        return source[split]
+    if isinstance(source, list):
+        if not source:
+            raise DataFormatError("The dataset is an empty list; give at least one row.")
+        bad = next((i for i, r in enumerate(source) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise DataFormatError(f"Row {bad} is a {type(source[bad]).__name__}, not a dict of columns; "
+                                  "give a list of dicts such as {'prompt': ..., 'completion': ...}.")
+        keys = list(source[0])
+        for i, row in enumerate(source):
+            if list(row) != keys and set(row) != set(keys):
+                raise DataFormatError(f"Row {i} has columns {sorted(row)} but row 0 has {sorted(keys)}; "
+                                      "every row needs the same columns.")
+        return datasets.Dataset.from_list(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise DataFormatError(f"Dataset file {path!r} does not exist. Give a .jsonl, .json, .csv or "
+                                  ".parquet file (hub datasets: load them with datasets.load_dataset first).")
+        ext = path.rsplit(".", 1)[-1].lower()
+        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
+        if builder is None:
+            raise DataFormatError(f"Cannot read {path!r}: unknown extension .{ext}; "
+                                  "use .jsonl, .json, .csv or .parquet.")
+        try:
+            return datasets.load_dataset(builder, data_files=path, split="train")
+        except Exception as err:  # the builder's own error is long; say which file and why
+            raise DataFormatError(f"Could not read {path!r} as {builder}: {err}") from err
+    raise DataFormatError(f"Unsupported dataset type {type(source).__name__}; give a datasets.Dataset, "
+                          "a list of dicts, or a path to a .jsonl/.json/.csv/.parquet file.")
+
+
+def detect_format(columns) -> str:
+    """The format name whose required columns are all present (most specific first)."""
+    columns = set(columns)
+    for name in _DETECTION_ORDER:
+        if set(FORMATS[name][0]) <= columns:
+            return name
+    known = "; ".join(f"{n}: {list(r)}" for n, (r, _) in FORMATS.items())
+    raise DataFormatError(f"Cannot recognise a dataset with columns {sorted(columns)}. Known formats: {known}.")
+
+
+def _check_messages(value, row: int, column: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise DataFormatError(f"Row {row}, column {column!r}: expected a non-empty list of "
+                              f"{{'role', 'content'}} messages, got {type(value).__name__}.")
+    for j, msg in enumerate(value):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise DataFormatError(f"Row {row}, column {column!r}, message {j}: each message needs "
+                                  "'role' and 'content' keys.")
+        if msg["role"] not in ROLES:
+            raise DataFormatError(f"Row {row}, column {column!r}, message {j}: unknown role {msg['role']!r}; "
+                                  f"use one of {ROLES}.")
+        if not isinstance(msg["content"], str):
+            raise DataFormatError(f"Row {row}, column {column!r}, message {j}: content must be a string, "
+                                  f"got {type(msg['content']).__name__}.")
+
+
+def _check_value(value, row: int, column: str, conversational: bool, allow_empty: bool) -> None:
+    if value is None:
+        raise DataFormatError(f"Row {row}, column {column!r} is missing (null). Fill it in or drop the row.")
+    if column == "label":
+        if not isinstance(value, bool):
+            raise DataFormatError(f"Row {row}, column 'label': expected true/false (desirable or not), "
+                                  f"got {value!r}.")
+        return
+    if column == "margin":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataFormatError(f"Row {row}, column 'margin': expected a number, got {value!r}.")
+        return
+    if conversational:
+        _check_messages(value, row, column)
+        return
+    if not isinstance(value, str):
+        raise DataFormatError(f"Row {row}, column {column!r}: expected a string, got "
+                              f"{type(value).__name__} ({str(value)[:40]!r}). Convert the column to text.")
+    if not allow_empty and not value.strip():
+        raise DataFormatError(f"Row {row}, column {column!r} is an empty string. Fill it in or drop the row.")
+
+
+def validate(dataset: datasets.Dataset, accepted: tuple[str, ...], extra_columns: str = "error",
+             what: str = "this trainer") -> tuple[datasets.Dataset, DatasetFormat]:
+    """Check every row of ``dataset`` against the first of ``accepted`` formats it matches.
+
+    ``extra_columns`` is ``"error"`` (default: unexpected columns often mean the wrong dataset) or
+    ``"drop"``. Returns the (possibly column-pruned) dataset and its format.
+    """
+    if len(dataset) == 0:
+        raise DataFormatError("The dataset has no rows.")
+    name = detect_format(dataset.column_names)
+    if name not in accepted:
+        wanted = "; ".join(f"{n} {list(FORMATS[n][0])}" for n in accepted)
+        raise DataFormatError(f"{what} needs one of: {wanted}. The dataset's columns "
+                              f"{dataset.column_names} look like {name}.")
+    required, optional = FORMATS[name]
+    extra = [c for c in dataset.column_names if c not in required + optional]
+    if extra:
+        if extra_columns == "drop":
+            dataset = dataset.remove_columns(extra)
+        else:
+            raise DataFormatError(f"Unexpected column(s) {extra} for {name} data (expected {list(required)}"
+                                  f"{' and optionally ' + str(list(optional)) if optional else ''}). "
+                                  "Remove them, or pass extra_columns='drop' (CLI: --extra_columns drop).")
+    first = dataset[0][required[-1]] if name != "unpaired_preference" else dataset[0]["completion"]
+    conversational = isinstance(first, list)
+    for i, row in enumerate(dataset):
+        for column in dataset.column_names:
+            value_conversational = conversational and column not in ("label", "margin")
+            if value_conversational and not isinstance(row[column], list) and row[column] is not None:
+                raise DataFormatError(f"Row {i}, column {column!r}: row 0 is conversational (message lists) "
+                                      f"but this is a {type(row[column]).__name__}; use one style throughout.")
+            _check_value(row[column], i, column, value_conversational, allow_empty=False)
+        if name in ("preference", "implicit_preference") and row["chosen"] == row["rejected"]:
+            raise DataFormatError(f"Row {i}: 'chosen' and 'rejected' are identical, so the pair teaches "
+                                  "nothing. Drop the row or fix one of the answers.")
+    return dataset, DatasetFormat(name, conversational)

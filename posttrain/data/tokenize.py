@@ -1,0 +1,161 @@
+"""Turn validated rows into token ids and loss masks.
+
+Text is rendered into segments ``(text, trainable)`` -- the prompt or non-assistant turns are not
+trainable, completions and assistant turns are -- and each segment is tokenized on its own, so a
+prompt's ids are the same whatever follows it (token-in/token-out: rollouts, DPO prefix sharing
+and SFT all see the same prompt ids).
+"""
+
+from __future__ import annotations
+
+from .formats import DataFormatError
+
+TRUNCATION_SIDES = ("right", "left")  # "right" drops the end (keeps the start); "left" drops the start
+
+
+def check_tokenizer(tokenizer, needs_chat_template: bool = False) -> None:
+    """Fail early, with the fix, when the tokenizer lacks what the data needs."""
+    if tokenizer.eos_token_id is None:
+        raise DataFormatError("The tokenizer has no eos token; completions must end with one. "
+                              "Set tokenizer.eos_token (e.g. '</s>') before training.")
+    if tokenizer.pad_token_id is None:
+        raise DataFormatError("The tokenizer has no pad token, which batching needs. "
+                              "Set tokenizer.pad_token = tokenizer.eos_token (or add a pad token).")
+    if needs_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise DataFormatError("The dataset is conversational but the tokenizer has no chat template. "
+                              "Set tokenizer.chat_template (a Jinja template) or use a chat model's tokenizer.")
+
+
+def _template(tokenizer, messages, add_generation_prompt=False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _conversation_segments(tokenizer, messages, row: int) -> list[tuple[str, bool]]:
+    """Split a rendered conversation into non-assistant and assistant segments by rendering prefixes."""
+    segments, rendered = [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _template(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = _template(tokenizer, messages[: i + 1])
+        if not before.startswith(rendered) or not upto.startswith(before):
+            raise DataFormatError(f"Row {row}: the chat template does not render conversations prefix by "
+                                  "prefix, so assistant turns cannot be located for the loss mask. Use a "
+                                  "template where each turn appends text, or set assistant_only_loss=False.")
+        segments += [(before[len(rendered):], False), (upto[len(before):], True)]
+        rendered = upto
+    full = _template(tokenizer, messages)
+    segments.append((full[len(rendered):], False))
+    return [(text, trainable) for text, trainable in segments if text]
+
+
+def render_segments(tokenizer, fmt_name: str, conversational: bool, row: dict, index: int,
+                    prompt_key: str = "prompt", completion_key: str = "completion") -> list[tuple[str, bool]]:
+    """Segments ``(text, trainable)`` for SFT-style formats."""
+    eos = tokenizer.eos_token
+    if fmt_name == "language_modeling":
+        return [(row["text"] + eos, True)]
+    if fmt_name == "conversational":
+        return _conversation_segments(tokenizer, row["messages"], index)
+    prompt, completion = row[prompt_key], row[completion_key]
+    if not conversational:
+        return [(prompt, False), (completion + eos, True)]
+    before = _template(tokenizer, prompt, add_generation_prompt=True)
+    full = _template(tokenizer, prompt + completion)
+    if not full.startswith(before):
+        raise DataFormatError(f"Row {index}: rendering prompt+completion with the chat template does not start "
+                              "with the rendered prompt; the completion cannot be located.")
+    return [(before, False), (full[len(before):], True)]
+
+
+def tokenize_segments(tokenizer, segments, plain_text: bool) -> tuple[list[int], list[int]]:
+    """Token ids and a 0/1 mask (1 = trainable) for segments; special tokens only before plain text."""
+    ids, mask = [], []
+    for k, (text, trainable) in enumerate(segments):
+        piece = tokenizer(text, add_special_tokens=plain_text and k == 0)["input_ids"]
+        ids += piece
+        mask += [int(trainable)] * len(piece)
+    return ids, mask
+
+
+def truncate(ids: list[int], mask: list[int], max_length: int | None, side: str) -> tuple[list[int], list[int]]:
+    if side not in TRUNCATION_SIDES:
+        raise ValueError(f"truncation_side must be one of {TRUNCATION_SIDES}, got {side!r}.")
+    if max_length is None or len(ids) <= max_length:
+        return ids, mask
+    if side == "right":
+        return ids[:max_length], mask[:max_length]
+    return ids[-max_length:], mask[-max_length:]
+
+
+def tokenize_sft_row(row: dict, index: int, tokenizer, fmt, max_length: int | None, truncation_side: str,
+                     train_on_prompt: bool) -> dict:
+    """``{"input_ids", "completion_mask"}`` for one SFT row; ``train_on_prompt`` makes every token trainable."""
+    segments = render_segments(tokenizer, fmt.name, fmt.conversational, row, index)
+    plain = not fmt.conversational
+    ids, mask = tokenize_segments(tokenizer, segments, plain)
+    if train_on_prompt:
+        mask = [1] * len(ids)
+    ids, mask = truncate(ids, mask, max_length, truncation_side)
+    # Position 0 is never predicted (nothing precedes it), so at least one later trainable token is needed.
+    if sum(mask[1:]) == 0:
+        raise DataFormatError(
+            f"Row {index}: no completion tokens are left to learn from after truncation to max_length="
+            f"{max_length} ({'right' if truncation_side == 'right' else 'left'} side cut). Raise max_length, "
+            "shorten the prompt, or use truncation_side='left' to keep the end.")
+    return {"input_ids": ids, "completion_mask": mask}
+
+
+def extract_prompt(chosen, rejected):
+    """Implicit-prompt preference rows: the shared beginning of chosen and rejected is the prompt."""
+    if isinstance(chosen, list):
+        k = 0
+        while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+            k += 1
+        return chosen[:k], chosen[k:], rejected[k:]
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    # Cut at a word boundary so neither answer starts mid-word.
+    cut = max(chosen.rfind(" ", 0, k), 0) if k < len(chosen) or k < len(rejected) else k
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def tokenize_preference_row(row: dict, index: int, tokenizer, fmt, max_length: int | None,
+                            max_prompt_length: int | None = None) -> dict:
+    """``{"prompt_ids", "chosen_ids", "rejected_ids"}``: the prompt tokenized once, answers after it.
+
+    Truncation keeps the end of the prompt (``max_prompt_length``) and the start of each answer
+    (``max_length`` for prompt + answer).
+    """
+    if fmt.name == "implicit_preference":
+        prompt, chosen, rejected = extract_prompt(row["chosen"], row["rejected"])
+    else:
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    out = {}
+    for key, completion in (("chosen", chosen), ("rejected", rejected)):
+        if fmt.conversational and not prompt:
+            segments = [(_template(tokenizer, completion), True)]
+        else:
+            r = {"prompt": prompt, "completion": completion}
+            segments = render_segments(tokenizer, "prompt_completion", fmt.conversational, r, index)
+        if "prompt_ids" not in out:  # the prompt renders the same for both answers: tokenize it once
+            prompt_segments = [s for s in segments if not s[1]]
+            out["prompt_ids"], _ = tokenize_segments(tokenizer, prompt_segments, not fmt.conversational)
+        out[f"{key}_ids"], _ = tokenize_segments(tokenizer, [s for s in segments if s[1]], plain_text=False)
+    prompt_ids = out["prompt_ids"]
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    if max_length is not None:
+        budget = max_length - len(prompt_ids)
+        if budget <= 0:
+            raise DataFormatError(f"Row {index}: the prompt alone has {len(prompt_ids)} tokens, leaving no room "
+                                  f"for the answers within max_length={max_length}. Raise max_length or set "
+                                  "max_prompt_length to keep only the prompt's end.")
+        out["chosen_ids"], out["rejected_ids"] = out["chosen_ids"][:budget], out["rejected_ids"][:budget]
+    out["prompt_ids"] = prompt_ids
+    if not out["chosen_ids"] or not out["rejected_ids"]:
+        raise DataFormatError(f"Row {index}: an answer is empty after tokenization.")
+    if "margin" in row:
+        out["margin"] = float(row["margin"])
+    return out

@@ -1,0 +1,88 @@
+"""Small, seeded, license-clean datasets written by us, so that tests, benchmarks and the demo run
+offline. Movie-review-like sentences of mixed sentiment: an opening, then a continuation whose
+sentiment we know, so preference pairs (positive preferred) are separable by construction."""
+
+from __future__ import annotations
+
+import random
+
+SUBJECTS = [
+    "the film", "this movie", "the story", "the sequel", "the director's new picture", "the lead actor",
+    "the script", "the soundtrack", "the cast", "the ending", "the first hour", "the cinematography",
+    "the dialogue", "the remake", "this documentary", "the animation", "the villain", "the plot",
+]
+OPENINGS = [
+    "I went to see {s} last night and", "After all the hype, {s}", "My friends told me {s}",
+    "Honestly, {s}", "From the opening scene, {s}", "I did not expect much, but {s}",
+    "Watching {s} with my family,", "On a rainy Sunday, {s}", "Critics were divided, yet {s}",
+    "Two hours later, I think {s}",
+]
+POSITIVE = [
+    "was wonderful and moving", "felt fresh, funny and warm", "is a delight from start to finish",
+    "was beautiful, clever and full of heart", "left me smiling for days", "is brilliant and inspiring",
+    "was a joy to watch", "earned every bit of praise", "is charming, bold and great fun",
+    "was superb, with a lovely ending", "made me laugh and cheer", "is a gem I will happily watch again",
+]
+NEGATIVE = [
+    "was dull and painfully slow", "felt lazy, boring and cold", "is a mess from start to finish",
+    "was ugly, confused and empty", "left me bored and annoyed", "is awful and forgettable",
+    "was a chore to sit through", "wasted every good idea it had", "is clumsy, dreary and sad",
+    "was terrible, with a stupid ending", "made me groan and sigh", "is a disaster I will never watch again",
+]
+TAILS_POS = ["Highly recommended.", "Go see it.", "A real treat.", "Loved it.", "Five stars."]
+TAILS_NEG = ["Skip it.", "Not worth it.", "What a waste.", "Hated it.", "One star."]
+
+
+def _review(rng: random.Random, positive: bool) -> tuple[str, str]:
+    opening = rng.choice(OPENINGS).format(s=rng.choice(SUBJECTS))
+    body = rng.choice(POSITIVE if positive else NEGATIVE)
+    tail = rng.choice(TAILS_POS if positive else TAILS_NEG)
+    return opening, f" {body}. {tail}"
+
+
+def reviews(n: int, seed: int = 0) -> list[dict]:
+    """Language-modeling rows ``{"text"}`` of mixed sentiment."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        opening, rest = _review(rng, positive=bool(i % 2))
+        rows.append({"text": opening + rest})
+    return rows
+
+
+def prompt_completion(n: int, seed: int = 0, positive: bool | None = True) -> list[dict]:
+    """``{"prompt", "completion"}`` rows: a review opening and its continuation."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        pos = bool(i % 2) if positive is None else positive
+        opening, rest = _review(rng, pos)
+        rows.append({"prompt": opening, "completion": rest})
+    return rows
+
+
+def preference_pairs(n: int, seed: int = 0) -> list[dict]:
+    """``{"prompt", "chosen", "rejected"}`` rows: the positive continuation is preferred."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        opening = rng.choice(OPENINGS).format(s=rng.choice(SUBJECTS))
+        _, chosen = _review(rng, positive=True)
+        _, rejected = _review(rng, positive=False)
+        rows.append({"prompt": opening, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def conversations(n: int, seed: int = 0) -> list[dict]:
+    """Conversational ``{"messages"}`` rows: a user asks for a review, the assistant writes one."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        subject = rng.choice(SUBJECTS)
+        opening, rest = _review(rng, positive=True)
+        rows.append({"messages": [
+            {"role": "system", "content": "You are a cheerful film critic."},
+            {"role": "user", "content": f"What did you think of {subject}?"},
+            {"role": "assistant", "content": (opening + rest).strip()},
+        ]})
+    return rows

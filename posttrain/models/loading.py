@@ -1,0 +1,61 @@
+"""One entry point for models and tokenizers: ``tiny:<arch>`` names, hub names and local directories."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+from .tiny import build_tiny_model, build_tokenizer
+
+_AUTO_CLASSES = {
+    "causal-lm": transformers.AutoModelForCausalLM,
+    "seq-cls": transformers.AutoModelForSequenceClassification,
+    "seq2seq": transformers.AutoModelForSeq2SeqLM,
+}
+_DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+def load_tokenizer(name_or_path: str, **kwargs) -> transformers.PreTrainedTokenizerBase:
+    """The tokenizer for a model name; a tokenizer without a pad token gets eos as pad (said in a warning)."""
+    if name_or_path.startswith("tiny:"):
+        return build_tokenizer()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dtype | None = None,
+               seed: int = 0, **kwargs):
+    """Load ``tiny:<arch>`` (built, seeded), a hub name, or a local directory for ``task``.
+
+    ``task`` is ``causal-lm``, ``seq-cls`` (a one-label reward head unless ``num_labels`` is given)
+    or ``seq2seq``.
+    """
+    if task not in _AUTO_CLASSES:
+        raise ValueError(f"Unknown task {task!r}; expected one of {sorted(_AUTO_CLASSES)}.")
+    dtype = resolve_dtype(dtype)
+    if name_or_path.startswith("tiny:"):
+        model = build_tiny_model(name_or_path, task, seed=seed, num_labels=kwargs.get("num_labels", 1))
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+    if task == "seq-cls":
+        kwargs.setdefault("num_labels", 1)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    config = transformers.AutoConfig.from_pretrained(name_or_path)
+    if task == "causal-lm" and getattr(config, "is_encoder_decoder", False):
+        task = "seq2seq"
+    model = _AUTO_CLASSES[task].from_pretrained(name_or_path, **kwargs)
+    if task == "seq-cls" and model.config.pad_token_id is None:
+        # Sequence classifiers find the last real token through pad_token_id; borrow eos.
+        model.config.pad_token_id = model.config.eos_token_id
+    return model

@@ -1,0 +1,156 @@
+"""What every posttrain trainer shares on top of ``transformers.Trainer``: loading a model given by
+name (with an optional LoRA adapter), turning rows into a tokenized dataset, metrics averaged over
+each logging window, atomic checkpoints and a model card at every save."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import defaultdict
+
+import torch
+import transformers
+
+from ..card import write_model_card
+from ..data.formats import load_rows, validate
+from ..models.loading import load_model, load_tokenizer
+
+STAGING_DIR = ".staging"  # hidden: get_last_checkpoint only picks up checkpoint-<n> in output_dir
+
+
+class PostTrainer(transformers.Trainer):
+    """Subclasses set ``method``, ``task`` and ``formats``, and implement ``tokenize_row``,
+    ``make_collator`` and ``compute_loss``."""
+
+    method = "posttrain"
+    task = "causal-lm"
+    formats: tuple[str, ...] = ()
+
+    def __init__(self, model, args, train_dataset=None, eval_dataset=None, processing_class=None,
+                 peft_config=None, data_collator=None, callbacks=None, **kwargs):
+        self.base_model_name = model if isinstance(model, str) else model.config.name_or_path
+        if isinstance(model, str):
+            model = load_model(model, self.task, seed=args.seed)
+        if processing_class is None:
+            processing_class = load_tokenizer(self.base_model_name)
+        if peft_config is not None:
+            import peft
+
+            model = peft.get_peft_model(model, peft_config)
+        self.dataset_name = train_dataset if isinstance(train_dataset, str) else None
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._tokens_since_log, self._last_log_time = 0, None
+        train_dataset = self._prepare(train_dataset, processing_class, args, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._prepare(v, processing_class, args, k) for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval")
+        super().__init__(
+            model=model, args=args, data_collator=data_collator or self.make_collator(processing_class, args),
+            train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
+            callbacks=callbacks, **kwargs)
+
+    # ---- data -------------------------------------------------------------------------------------
+    def _prepare(self, rows, tokenizer, args, split: str):
+        if rows is None:
+            return None
+        dataset, fmt = validate(load_rows(rows), self.formats, args.extra_columns,
+                                what=f"{type(self).__name__}")
+        self.check_tokenizer(tokenizer, fmt)
+        settings = repr((self.tokenize_settings(args), tokenizer.name_or_path, len(tokenizer),
+                         getattr(tokenizer, "chat_template", None)))
+        fingerprint = hashlib.sha256(f"{dataset._fingerprint}{settings}".encode()).hexdigest()[:16]
+        return dataset.map(
+            lambda row, i: self.tokenize_row(row, i, tokenizer, fmt, args), with_indices=True,
+            remove_columns=dataset.column_names, new_fingerprint=fingerprint, desc=f"Tokenizing {split} rows")
+
+    def check_tokenizer(self, tokenizer, fmt) -> None:
+        from ..data.tokenize import check_tokenizer
+
+        check_tokenizer(tokenizer, needs_chat_template=fmt.conversational)
+
+    def tokenize_settings(self, args) -> tuple:
+        """Config values that change tokenization (part of the cache fingerprint)."""
+        return (args.max_length,)
+
+    # ---- metrics ----------------------------------------------------------------------------------
+    def record(self, **values: float) -> None:
+        mode = "train" if self.model.training else "eval"
+        for key, value in values.items():  # kept as tensors: no device sync until the log step
+            self._metrics[mode][key].append(value.detach() if torch.is_tensor(value) else value)
+
+    def count_tokens(self, n: int) -> None:
+        if self.model.training:
+            self._tokens_since_log += int(n)
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        sums = self._metrics[mode]
+        for key, values in sums.items():
+            mean = torch.tensor([float(v) for v in values], device=self.args.device).mean()
+            mean = self.accelerator.reduce(mean, reduction="mean").item()
+            logs[f"eval_{key}" if mode == "eval" else key] = round(mean, 6)
+        if mode == "train" and "loss" in logs:
+            now = time.perf_counter()
+            if self._last_log_time is not None:
+                tokens = torch.tensor(self._tokens_since_log, device=self.args.device)
+                tokens = self.accelerator.reduce(tokens, reduction="sum").item()
+                logs["tokens_per_second"] = round(tokens / max(now - self._last_log_time, 1e-9), 1)
+            self._tokens_since_log, self._last_log_time = 0, now
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    def train(self, *args, **kwargs):
+        self._last_log_time, self._tokens_since_log = time.perf_counter(), 0
+        return super().train(*args, **kwargs)
+
+    # ---- saving -----------------------------------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        return getattr(self, "_staging_run_dir", None) or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Let transformers write the whole checkpoint into a staging directory, then rename it into
+        place: a run killed mid-save leaves no ``checkpoint-<n>`` that resume would pick up."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, STAGING_DIR)
+        if self.args.should_save and os.path.isdir(os.path.join(staging, name)):
+            shutil.rmtree(os.path.join(staging, name))  # debris of an earlier killed save
+        self.accelerator.wait_for_everyone()
+        self._staging_run_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_run_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            if not os.listdir(staging):
+                os.rmdir(staging)
+            if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
+                self.state.best_model_checkpoint = final
+            transformers.trainer_utils.rotate_checkpoints(
+                output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            write_model_card(output_dir, base_model=self.base_model_name, method=self.method,
+                             dataset=self.dataset_name, args=self.args, metrics=self.final_metrics(),
+                             adapter=hasattr(self.model, "peft_config"))
+
+    def final_metrics(self) -> dict:
+        """The most recent value of each logged metric."""
+        out = {}
+        for entry in self.state.log_history:
+            out.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+        return out
+
