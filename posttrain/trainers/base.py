@@ -106,6 +106,13 @@ class PostTrainer(transformers.Trainer):
         self._last_log_time, self._tokens_since_log = time.perf_counter(), 0
         return super().train(*args, **kwargs)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation runs the training loss (and records the same metrics, under ``eval_``)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
     # ---- saving -----------------------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
         return getattr(self, "_staging_run_dir", None) or super()._get_output_dir(trial)

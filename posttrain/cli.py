@@ -1,0 +1,127 @@
+"""``posttrain <command>``: every config field is a flag (with its help text), ``--config run.yaml``
+loads the same fields, and flags given on the command line override the file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import yaml
+from transformers import HfArgumentParser
+
+from .config import DataArguments, ModelArguments
+from .data.formats import DataFormatError, load_rows
+from .trainers import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+
+COMMANDS = {
+    "sft": (SFTTrainer, SFTConfig, "causal-lm", "Supervised fine-tuning on text, prompt/completion or messages."),
+    "reward": (RewardTrainer, RewardConfig, "seq-cls", "Train a reward model on prompt/chosen/rejected pairs."),
+}
+
+
+def _parse(command: str, argv: list[str]):
+    config_cls = COMMANDS[command][1]
+    parser = HfArgumentParser((ModelArguments, DataArguments, config_cls), prog=f"posttrain {command}",
+                              description=COMMANDS[command][3])
+    parser.add_argument("--config", default=None, help="YAML file whose keys are any of these flags' names.")
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        with open(known.config, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+        valid = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            parser.error(f"{known.config}: unknown key(s) {unknown}; every key must be a flag name of "
+                         f"'posttrain {command} --help'.")
+        parser.set_defaults(**values)
+    model_args, data_args, config, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    rest = [r for r in rest if r != "--config" and r != known.config]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if not data_args.dataset:
+        parser.error("--dataset is required: a .jsonl, .json, .csv or .parquet file.")
+    if config.output_dir is None:
+        config.output_dir = os.path.join("runs", command)
+    return model_args, data_args, config
+
+
+def _split(data_args: DataArguments, seed: int):
+    train = load_rows(data_args.dataset)
+    if data_args.eval_dataset:
+        return train, load_rows(data_args.eval_dataset)
+    if data_args.eval_fraction > 0:
+        parts = train.train_test_split(test_size=data_args.eval_fraction, seed=seed)
+        return parts["train"], parts["test"]
+    return train, None
+
+
+def run_training(command: str, model_args: ModelArguments, data_args: DataArguments, config):
+    """Build the trainer for ``command``, train, save to ``config.output_dir``; returns the trainer."""
+    from .models.loading import load_model
+
+    trainer_cls, _, task, _ = COMMANDS[command]
+    train_rows, eval_rows = _split(data_args, config.seed)
+    if eval_rows is not None and config.eval_strategy == "no":
+        config.eval_strategy = "steps"
+        config.eval_steps = config.eval_steps or config.logging_steps
+    model = load_model(model_args.model, task, dtype=model_args.dtype, seed=config.seed)
+    model.config.name_or_path = model_args.model
+    trainer = trainer_cls(model, config, train_dataset=train_rows, eval_dataset=eval_rows,
+                          peft_config=model_args.peft_config("SEQ_CLS" if task == "seq-cls" else "CAUSAL_LM"))
+    trainer.dataset_name = data_args.dataset
+    resume = config.resume_from_checkpoint
+    if resume in ("auto", "last", "true", "True"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+    trainer.train(resume_from_checkpoint=resume)
+    if eval_rows is not None:
+        trainer.evaluate()
+    trainer.save_model(config.output_dir)
+    return trainer
+
+
+def summary(command: str, trainer, seconds: float) -> str:
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    parts = [f"posttrain {command}: saved to {trainer.args.output_dir}", f"{trainer.state.global_step} steps",
+             f"{seconds:.1f}s"]
+    if losses:
+        parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    metrics = trainer.final_metrics()
+    for key in ("eval_loss", "eval_accuracy", "eval_mean_token_accuracy", "accuracy", "mean_token_accuracy"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    return " | ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="posttrain", description="Post-train transformer language models.")
+    top.add_argument("command", choices=[*COMMANDS, "demo"], help="; ".join(
+        [f"{k}: {v[3]}" for k, v in COMMANDS.items()] + ["demo: the offline end-to-end pipeline"]))
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS and command != "demo":
+        top.error(f"unknown command {command!r}; choose from {[*COMMANDS, 'demo']}")
+    try:
+        if command == "demo":
+            from .demo import main as demo_main
+
+            return demo_main(rest)
+        model_args, data_args, config = _parse(command, rest)
+        start = time.perf_counter()
+        trainer = run_training(command, model_args, data_args, config)
+        if trainer.args.should_save:
+            print(summary(command, trainer, time.perf_counter() - start))
+    except DataFormatError as err:
+        print(f"posttrain {command}: bad input: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
