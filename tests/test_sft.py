@@ -1,0 +1,179 @@
+"""SFTTrainer: learning, packing and accumulation invariance, resume, atomic checkpoints, LoRA."""
+
+import os
+
+import pytest
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+from posttrain import SFTConfig, SFTTrainer, load_model
+from posttrain.data import toy
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-3, max_steps=4,
+                logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0, lr_scheduler_type="constant",
+                warmup_steps=0, max_length=64)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def rows_of_varied_length(n=8):
+    # Completions of different lengths so that a per-micro-batch mean would weight tokens unequally.
+    rows = toy.prompt_completion(n, seed=3)
+    for i, row in enumerate(rows):
+        row["completion"] = row["completion"] + " Really." * (i % 4)
+    return rows
+
+
+def loss_and_grads(trainer, batch):
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_packing_equals_padding(arch, tmp_path):
+    """Padding-free packing must not let examples attend to each other: same loss and gradients."""
+    trainer = SFTTrainer(f"tiny:{arch}", config(tmp_path), train_dataset=rows_of_varied_length())
+    features = [trainer.train_dataset[i] for i in range(6)]
+    padded = trainer.data_collator(features)
+    trainer.data_collator.packing = True
+    packed = trainer.data_collator(features)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    assert (packed["input_ids"] == trainer.processing_class.pad_token_id).sum() == 0  # no pad computed
+    assert (padded["input_ids"] == trainer.processing_class.pad_token_id).sum() > 0  # the padded batch has some
+    loss_pad, grads_pad = loss_and_grads(trainer, padded)
+    loss_pack, grads_pack = loss_and_grads(trainer, packed)
+    assert torch.allclose(loss_pad, loss_pack, atol=1e-5)
+    for name in grads_pad:
+        assert torch.allclose(grads_pad[name], grads_pack[name], atol=1e-5), name
+
+
+def test_packing_without_position_ids_would_leak(tmp_path):
+    """The invariance above is not vacuous: without restarting positions the loss differs."""
+    trainer = SFTTrainer("tiny:llama", config(tmp_path, packing=True), train_dataset=rows_of_varied_length())
+    packed = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    leaky = {k: v for k, v in packed.items() if k != "position_ids"}
+    with torch.no_grad():
+        assert abs(trainer.compute_loss(trainer.model, dict(packed)) - trainer.compute_loss(trainer.model, leaky)) > 1e-3
+
+
+def test_accumulation_invariance(tmp_path):
+    """Batch 8 x 1 step equals batch 1 x 8 accumulation steps: logged loss and updated weights."""
+    def run(batch, accum, name):
+        args = config(tmp_path / name, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+                      max_steps=2, optim="sgd", learning_rate=0.5)
+        trainer = SFTTrainer("tiny:llama", args, train_dataset=rows_of_varied_length(16))
+        trainer.train()
+        return [e["loss"] for e in trainer.state.log_history if "loss" in e], trainer.model.state_dict()
+
+    losses_big, weights_big = run(8, 1, "big")
+    losses_acc, weights_acc = run(1, 8, "acc")
+    assert losses_big == pytest.approx(losses_acc, abs=1e-5)
+    start = load_model("tiny:llama").state_dict()
+    assert any(not torch.allclose(start[k], weights_big[k]) for k in start)  # training did move the weights
+    for key in weights_big:
+        assert torch.allclose(weights_big[key], weights_acc[key], atol=1e-5), key
+
+
+class StopAt:
+    """A callback that stops training after a given step (as a killed job would)."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class _Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step >= step:
+                    control.should_training_stop = True
+
+        return _Stop()
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    rows = toy.prompt_completion(64, seed=5)
+    common = dict(max_steps=20, save_strategy="steps", save_steps=10, lr_scheduler_type="cosine")
+    straight = SFTTrainer("tiny:llama", config(tmp_path / "a", **common), train_dataset=rows)
+    straight.train()
+    stopped = SFTTrainer("tiny:llama", config(tmp_path / "b", **common), train_dataset=rows, callbacks=[StopAt(10)])
+    stopped.train()
+    assert stopped.state.global_step == 10
+    resumed = SFTTrainer("tiny:llama", config(tmp_path / "b", **common), train_dataset=rows)
+    resumed.train(resume_from_checkpoint=get_last_checkpoint(str(tmp_path / "b" / "out")))
+    assert resumed.state.global_step == 20
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_checkpoints_are_atomic(tmp_path, monkeypatch):
+    rows = toy.prompt_completion(32, seed=6)
+    args = config(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    trainer = SFTTrainer("tiny:llama", args, train_dataset=rows)
+    original = trainer._save_rng_state
+    calls = {"n": 0}
+
+    def crash_on_second_save(output_dir):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed while saving")
+        return original(output_dir)
+
+    monkeypatch.setattr(trainer, "_save_rng_state", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    out = tmp_path / "out"
+    # The half-written checkpoint-4 stays in the hidden staging area; resume picks checkpoint-2.
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-2")
+    assert not (out / "checkpoint-4").exists() and (out / ".staging" / "checkpoint-4").exists()
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "README.md").exists()
+    assert not list(ckpt.glob("*.bin")) or all(p.name == "training_args.bin" for p in ckpt.glob("*.bin"))
+    # A later run cleans the debris and completes.
+    monkeypatch.setattr(trainer, "_save_rng_state", original)
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    assert (out / "checkpoint-4").exists() and not (out / ".staging").exists()
+
+
+def test_metrics_and_model_card(tmp_path):
+    trainer = SFTTrainer("tiny:llama", config(tmp_path, max_steps=3), train_dataset=toy.prompt_completion(16))
+    trainer.train()
+    trainer.save_model()
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert all("mean_token_accuracy" in e and 0 <= e["mean_token_accuracy"] <= 1 for e in logged)
+    assert all(e["tokens_per_second"] > 0 for e in logged if "tokens_per_second" in e)
+    card = (tmp_path / "out" / "README.md").read_text()
+    for fragment in ("base_model: tiny:llama", "**sft**", '"learning_rate": 0.001', "transformers:", "mean_token_accuracy"):
+        assert fragment in card
+
+
+def test_conversational_sft_and_lm_text(tmp_path):
+    for rows in (toy.conversations(8), toy.reviews(8)):
+        trainer = SFTTrainer("tiny:llama", config(tmp_path, max_steps=2), train_dataset=rows)
+        trainer.train()
+        assert trainer.state.log_history[0]["loss"] > 0
+
+
+def test_lora_trains_only_the_adapter(tmp_path):
+    import peft
+
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    base = load_model("tiny:llama")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    trainer = SFTTrainer(base, config(tmp_path, max_steps=5, learning_rate=1e-2), train_dataset=toy.prompt_completion(32),
+                         peft_config=lora)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[-1] < losses[0]
+    state = trainer.model.state_dict()
+    changed = {k for k, v in state.items() if "lora_" in k and k.endswith("lora_B.default.weight") and v.abs().sum() > 0}
+    assert changed  # lora_B starts at zero; training moved it
+    for key, value in state.items():
+        if "lora_" not in key:
+            original = key.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(value, before[original]), key
+    trainer.save_model()
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert "library_name: peft" in (tmp_path / "out" / "README.md").read_text()
