@@ -36,8 +36,8 @@ def _parse(command: str, argv: list[str]):
             parser.error(f"{known.config}: unknown key(s) {unknown}; every key must be a flag name of "
                          f"'posttrain {command} --help'.")
         parser.set_defaults(**values)
-    model_args, data_args, config, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    rest = [r for r in rest if r != "--config" and r != known.config]
+    *parsed, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    model_args, data_args, config = parsed[:3]  # parsed[3], if present, is the namespace holding --config
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not data_args.dataset:

@@ -50,6 +50,7 @@ class SFTCollator:
             return {
                 "input_ids": torch.tensor([sum(ids, [])]),
                 "labels": torch.tensor([sum(labels, [])]),
+                "attention_mask": torch.ones(1, sum(map(len, ids)), dtype=torch.long),
                 "position_ids": torch.tensor([[p for seq in ids for p in range(len(seq))]]),
             }
         if self.pad_to_multiple_of:
@@ -61,7 +62,8 @@ class SFTCollator:
         else:
             lengths = [len(s) for s in ids]
         input_ids = pad(ids, self.pad_token_id)
-        attention_mask = pad([[1] * n for n in lengths], 0)
+        # As wide as input_ids: with pad_to_multiple_of the padded width exceeds the longest example.
+        attention_mask = (torch.arange(input_ids.shape[1]) < torch.tensor(lengths)[:, None]).long()
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad(labels, IGNORE_INDEX)}
 
 

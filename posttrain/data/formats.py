@@ -58,23 +58,52 @@ def load_rows(source, split: str = "train") -> datasets.Dataset:
             if list(row) != keys and set(row) != set(keys):
                 raise DataFormatError(f"Row {i} has columns {sorted(row)} but row 0 has {sorted(keys)}; "
                                       "every row needs the same columns.")
-        return datasets.Dataset.from_list(source)
+        try:
+            return datasets.Dataset.from_list(source)
+        except Exception as err:  # pyarrow cannot build a column that mixes types: say which row and column
+            raise _mixed_types_error(source, keys, err) from err
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
             raise DataFormatError(f"Dataset file {path!r} does not exist. Give a .jsonl, .json, .csv or "
                                   ".parquet file (hub datasets: load them with datasets.load_dataset first).")
-        ext = path.rsplit(".", 1)[-1].lower()
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise DataFormatError(f"Dataset file {path!r} is empty; give at least one row.")
+        ext = os.path.splitext(path)[1].lstrip(".").lower()
         builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
         if builder is None:
-            raise DataFormatError(f"Cannot read {path!r}: unknown extension .{ext}; "
+            raise DataFormatError(f"Cannot read {path!r}: unknown extension {'.' + ext if ext else '(none)'}; "
                                   "use .jsonl, .json, .csv or .parquet.")
         try:
             return datasets.load_dataset(builder, data_files=path, split="train")
         except Exception as err:  # the builder's own error is long; say which file and why
-            raise DataFormatError(f"Could not read {path!r} as {builder}: {err}") from err
+            cause = err.__cause__ or err
+            raise DataFormatError(f"Could not read {path!r} as {builder}: {type(cause).__name__}: {cause}") from err
     raise DataFormatError(f"Unsupported dataset type {type(source).__name__}; give a datasets.Dataset, "
                           "a list of dicts, or a path to a .jsonl/.json/.csv/.parquet file.")
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _mixed_types_error(rows: list[dict], keys: list, err: Exception) -> DataFormatError:
+    for column in keys:
+        first = next(((j, r[column]) for j, r in enumerate(rows) if r[column] is not None), None)
+        if first is None:
+            continue
+        j, ref = first
+        for i, row in enumerate(rows):
+            value = row[column]
+            if value is not None and _kind(value) != _kind(ref):
+                hint = ("use one style throughout: message lists (conversational) or plain strings"
+                        if isinstance(value, list) or isinstance(ref, list) else "convert the column to one type")
+                return DataFormatError(f"Row {i}, column {column!r} is of type {type(value).__name__} but row {j}'s "
+                                       f"is of type {type(ref).__name__}; {hint}.")
+    return DataFormatError(f"Could not build a dataset from the rows ({err}); every row needs the same value "
+                           "types in each column, messages included.")
 
 
 def detect_format(columns) -> str:
@@ -92,7 +121,7 @@ def _check_messages(value, row: int, column: str) -> None:
         raise DataFormatError(f"Row {row}, column {column!r}: expected a non-empty list of "
                               f"{{'role', 'content'}} messages, got {type(value).__name__}.")
     for j, msg in enumerate(value):
-        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+        if not isinstance(msg, dict) or msg.get("role") is None or msg.get("content") is None:
             raise DataFormatError(f"Row {row}, column {column!r}, message {j}: each message needs "
                                   "'role' and 'content' keys.")
         if msg["role"] not in ROLES:
@@ -134,8 +163,10 @@ def validate(dataset: datasets.Dataset, accepted: tuple[str, ...], extra_columns
     """
     if len(dataset) == 0:
         raise DataFormatError("The dataset has no rows.")
-    name = detect_format(dataset.column_names)
-    if name not in accepted:
+    columns = set(dataset.column_names)
+    name = next((n for n in _DETECTION_ORDER if n in accepted and set(FORMATS[n][0]) <= columns), None)
+    if name is None:
+        name = detect_format(columns)
         wanted = "; ".join(f"{n} {list(FORMATS[n][0])}" for n in accepted)
         raise DataFormatError(f"{what} needs one of: {wanted}. The dataset's columns "
                               f"{dataset.column_names} look like {name}.")
@@ -149,11 +180,12 @@ def validate(dataset: datasets.Dataset, accepted: tuple[str, ...], extra_columns
                                   f"{' and optionally ' + str(list(optional)) if optional else ''}). "
                                   "Remove them, or pass extra_columns='drop' (CLI: --extra_columns drop).")
     first = dataset[0][required[-1]] if name != "unpaired_preference" else dataset[0]["completion"]
-    conversational = isinstance(first, list)
+    conversational = isinstance(first, list) or name == "conversational"
     for i, row in enumerate(dataset):
         for column in dataset.column_names:
             value_conversational = conversational and column not in ("label", "margin")
-            if value_conversational and not isinstance(row[column], list) and row[column] is not None:
+            mixed = value_conversational and name != "conversational"  # "messages" must always be a list
+            if mixed and not isinstance(row[column], list) and row[column] is not None:
                 raise DataFormatError(f"Row {i}, column {column!r}: row 0 is conversational (message lists) "
                                       f"but this is a {type(row[column]).__name__}; use one style throughout.")
             _check_value(row[column], i, column, value_conversational, allow_empty=False)

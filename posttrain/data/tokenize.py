@@ -96,8 +96,13 @@ def tokenize_sft_row(row: dict, index: int, tokenizer, fmt, max_length: int | No
     ids, mask = tokenize_segments(tokenizer, segments, plain)
     if train_on_prompt:
         mask = [1] * len(ids)
+    untruncated = len(ids)
     ids, mask = truncate(ids, mask, max_length, truncation_side)
     # Position 0 is never predicted (nothing precedes it), so at least one later trainable token is needed.
+    if sum(mask[1:]) == 0 and len(ids) == untruncated:  # nothing trainable even before truncation
+        raise DataFormatError(
+            f"Row {index}: there is nothing to learn from: the conversation has no assistant turn. Add an "
+            "assistant message, drop the row, or set assistant_only_loss=False to train on every token.")
     if sum(mask[1:]) == 0:
         raise DataFormatError(
             f"Row {index}: no completion tokens are left to learn from after truncation to max_length="
