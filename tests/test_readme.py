@@ -1,0 +1,17 @@
+"""The README's Python quick start runs as written (offline, in a temporary directory)."""
+
+import os
+import re
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+
+
+def test_python_quick_start_runs(tmp_path, monkeypatch, capsys):
+    text = open(README, encoding="utf-8").read()
+    block = re.search(r"## Python quick start\s+```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README quick start", "exec"), {})
+    accuracy = float(re.search(r"held-out pairwise accuracy: ([0-9.]+)", capsys.readouterr().out).group(1))
+    assert accuracy >= 0.9
+    assert (tmp_path / "runs" / "quickstart-sft" / "model.safetensors").exists()
+    assert (tmp_path / "runs" / "quickstart-rm" / "README.md").exists()
