@@ -177,3 +177,19 @@ def test_lora_trains_only_the_adapter(tmp_path):
     trainer.save_model()
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert "library_name: peft" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_encoder_decoder_models_get_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        SFTTrainer("tiny:t5", config(tmp_path), train_dataset=toy.prompt_completion(4))
+
+
+def test_mixed_precision_and_bf16_weights_train(tmp_path):
+    from posttrain import load_model
+
+    for model, extra in (("tiny:llama", dict(bf16=True, use_cpu=True)), (load_model("tiny:llama", dtype="bfloat16"), {})):
+        trainer = SFTTrainer(model, config(tmp_path, max_steps=4, learning_rate=3e-3, **extra),
+                             train_dataset=toy.prompt_completion(16))
+        trainer.train()
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        assert losses[-1] < losses[0]

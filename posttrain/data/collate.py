@@ -50,7 +50,6 @@ class SFTCollator:
             return {
                 "input_ids": torch.tensor([sum(ids, [])]),
                 "labels": torch.tensor([sum(labels, [])]),
-                "attention_mask": torch.ones(1, sum(map(len, ids)), dtype=torch.long),
                 "position_ids": torch.tensor([[p for seq in ids for p in range(len(seq))]]),
             }
         if self.pad_to_multiple_of:

@@ -49,6 +49,10 @@ class SFTTrainer(PostTrainer):
     def __init__(self, model, args: SFTConfig | None = None, **kwargs):
         args = args or SFTConfig()
         super().__init__(model, args, **kwargs)
+        if getattr(self.model.config, "is_encoder_decoder", False):
+            raise ValueError(f"SFTTrainer trains decoder-only (causal) language models; {self.base_model_name!r} is "
+                             "encoder-decoder. Use a causal model such as tiny:llama, or transformers' "
+                             "Seq2SeqTrainer for T5-style models.")
         self.model_accepts_loss_kwargs = True  # makes the Trainer count num_items_in_batch for us
 
     def tokenize_row(self, row, index, tokenizer, fmt, args):
