@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 import transformers
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 from .tiny import build_tiny_model, build_tokenizer
 
@@ -30,6 +33,8 @@ def load_tokenizer(name_or_path: str, **kwargs) -> transformers.PreTrainedTokeni
         return build_tokenizer()
     tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        logger.warning("Tokenizer %s has no pad token; using its eos token %r for padding.", name_or_path,
+                       tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
