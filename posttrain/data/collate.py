@@ -87,6 +87,59 @@ class PreferenceCollator:
             "attention_mask": pad([[1] * len(s) for s in seqs], 0),
             "completion_mask": pad(masks, 0),
         }
-        if "margin" in features[0]:
-            batch["margin"] = torch.tensor([float(f["margin"]) for f in features])
-        return batch
+        return batch | pair_extras(features)
+
+
+PAIR_EXTRAS = ("margin", "ref_chosen_logps", "ref_rejected_logps")
+
+
+def pair_extras(features: list[dict]) -> dict[str, torch.Tensor]:
+    """Per-pair floats carried next to the ids: a reward margin, precomputed reference log-probs."""
+    return {k: torch.tensor([float(f[k]) for f in features]) for k in PAIR_EXTRAS if k in features[0]}
+
+
+class SharedPrefixCollator:
+    """One row per pair, ``prompt + chosen + rejected``, so the prompt is computed once.
+
+    ``segment_ids`` (0 prompt, 1 chosen, 2 rejected, -1 pad) let the loss build a mask in which each
+    answer sees only the prompt and itself; ``position_ids`` restart the rejected answer where the
+    prompt ends, so both answers are computed exactly as in their own ``prompt + answer`` sequences.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        seqs, segments, positions = [], [], []
+        for f in features:
+            p, c, r = len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])
+            seqs.append(f["prompt_ids"] + f["chosen_ids"] + f["rejected_ids"])
+            segments.append([0] * p + [1] * c + [2] * r)
+            positions.append(list(range(p + c)) + list(range(p, p + r)))
+        return {
+            "input_ids": pad(seqs, self.pad_token_id),
+            "segment_ids": pad(segments, -1),
+            "position_ids": pad(positions, 0),
+            "prompt_lengths": torch.tensor([len(f["prompt_ids"]) for f in features]),
+            "first_rejected": torch.tensor([len(f["prompt_ids"]) + len(f["chosen_ids"]) for f in features]),
+        } | pair_extras(features)
+
+
+class UnpairedCollator:
+    """KTO batches of ``{"prompt_ids", "completion_ids", "label"}`` rows: the B matched sequences, then
+    B mismatched ones (prompt i with completion i+1) from which KTO estimates its KL reference point."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        n = len(features)
+        pairs = [(f["prompt_ids"], f["completion_ids"]) for f in features]
+        pairs += [(features[i]["prompt_ids"], features[(i + 1) % n]["completion_ids"]) for i in range(n)]
+        seqs = [p + c for p, c in pairs]
+        return {
+            "input_ids": pad(seqs, self.pad_token_id),
+            "attention_mask": pad([[1] * len(s) for s in seqs], 0),
+            "completion_mask": pad([[0] * len(p) + [1] * len(c) for p, c in pairs], 0),
+            "label": torch.tensor([bool(f["label"]) for f in features]),
+        }

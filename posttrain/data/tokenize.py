@@ -126,6 +126,22 @@ def extract_prompt(chosen, rejected):
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
+def fit_prompt_and_answers(prompt_ids: list[int], answers: list[list[int]], max_length: int | None,
+                           max_prompt_length: int | None, index: int) -> tuple[list[int], list[list[int]]]:
+    """Keep the end of the prompt (``max_prompt_length``) and the start of each answer, so that
+    prompt + answer fits ``max_length``."""
+    if max_prompt_length is not None:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    if max_length is None:
+        return prompt_ids, answers
+    budget = max_length - len(prompt_ids)
+    if budget <= 0:
+        raise DataFormatError(f"Row {index}: the prompt alone has {len(prompt_ids)} tokens, leaving no room "
+                              f"for the answers within max_length={max_length}. Raise max_length or set "
+                              "max_prompt_length to keep only the prompt's end.")
+    return prompt_ids, [a[:budget] for a in answers]
+
+
 def tokenize_preference_row(row: dict, index: int, tokenizer, fmt, max_length: int | None,
                             max_prompt_length: int | None = None) -> dict:
     """``{"prompt_ids", "chosen_ids", "rejected_ids"}``: the prompt tokenized once, answers after it.
@@ -148,19 +164,21 @@ def tokenize_preference_row(row: dict, index: int, tokenizer, fmt, max_length: i
             prompt_segments = [s for s in segments if not s[1]]
             out["prompt_ids"], _ = tokenize_segments(tokenizer, prompt_segments, not fmt.conversational)
         out[f"{key}_ids"], _ = tokenize_segments(tokenizer, [s for s in segments if s[1]], plain_text=False)
-    prompt_ids = out["prompt_ids"]
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]
-    if max_length is not None:
-        budget = max_length - len(prompt_ids)
-        if budget <= 0:
-            raise DataFormatError(f"Row {index}: the prompt alone has {len(prompt_ids)} tokens, leaving no room "
-                                  f"for the answers within max_length={max_length}. Raise max_length or set "
-                                  "max_prompt_length to keep only the prompt's end.")
-        out["chosen_ids"], out["rejected_ids"] = out["chosen_ids"][:budget], out["rejected_ids"][:budget]
-    out["prompt_ids"] = prompt_ids
+    out["prompt_ids"], (out["chosen_ids"], out["rejected_ids"]) = fit_prompt_and_answers(
+        out["prompt_ids"], [out["chosen_ids"], out["rejected_ids"]], max_length, max_prompt_length, index)
     if not out["chosen_ids"] or not out["rejected_ids"]:
         raise DataFormatError(f"Row {index}: an answer is empty after tokenization.")
     if "margin" in row:
         out["margin"] = float(row["margin"])
     return out
+
+
+def tokenize_unpaired_row(row: dict, index: int, tokenizer, fmt, max_length: int | None,
+                          max_prompt_length: int | None = None) -> dict:
+    """``{"prompt_ids", "completion_ids", "label"}`` for unpaired preference (KTO) rows, truncated like pairs."""
+    segments = render_segments(tokenizer, "prompt_completion", fmt.conversational, row, index)
+    prompt_ids, _ = tokenize_segments(tokenizer, [s for s in segments if not s[1]], not fmt.conversational)
+    completion_ids, _ = tokenize_segments(tokenizer, [s for s in segments if s[1]], plain_text=False)
+    prompt_ids, (completion_ids,) = fit_prompt_and_answers(prompt_ids, [completion_ids], max_length,
+                                                           max_prompt_length, index)
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "label": bool(row["label"])}
