@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 from .config import DataArguments, ModelArguments
 from .data.formats import DataFormatError
 from .models.loading import load_model, load_tokenizer
-from .trainers import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from .trainers import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-__all__ = ["DataArguments", "DataFormatError", "ModelArguments", "RewardConfig", "RewardTrainer", "SFTConfig",
+__all__ = ["DPOConfig", "DPOTrainer", "DataArguments", "DataFormatError", "ModelArguments", "RewardConfig", "RewardTrainer", "SFTConfig",
            "SFTTrainer", "load_model", "load_tokenizer"]

@@ -13,11 +13,15 @@ from transformers import HfArgumentParser
 
 from .config import DataArguments, ModelArguments
 from .data.formats import DataFormatError, load_rows
-from .trainers import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from .trainers import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
 COMMANDS = {
     "sft": (SFTTrainer, SFTConfig, "causal-lm", "Supervised fine-tuning on text, prompt/completion or messages."),
     "reward": (RewardTrainer, RewardConfig, "seq-cls", "Train a reward model on prompt/chosen/rejected pairs."),
+    "dpo": (DPOTrainer, DPOConfig, "causal-lm", "Preference optimisation on prompt/chosen/rejected pairs "
+            "(DPO, cDPO, robust, IPO, hinge, SimPO, ORPO: --loss_type)."),
+    "kto": (DPOTrainer, DPOConfig, "causal-lm", "KTO on unpaired prompt/completion/label rows "
+            "(posttrain dpo --loss_type kto)."),
 }
 
 
@@ -26,6 +30,8 @@ def _parse(command: str, argv: list[str]):
     parser = HfArgumentParser((ModelArguments, DataArguments, config_cls), prog=f"posttrain {command}",
                               description=COMMANDS[command][3])
     parser.add_argument("--config", default=None, help="YAML file whose keys are any of these flags' names.")
+    if command == "kto":
+        parser.set_defaults(loss_type="kto")
     known, _ = parser.parse_known_args(argv)
     if known.config:
         with open(known.config, encoding="utf-8") as fh:

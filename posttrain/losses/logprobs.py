@@ -65,3 +65,61 @@ def causal_lm_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     mask = labels != IGNORE_INDEX
     logps = selective_log_softmax(logits, labels.masked_fill(~mask, 0))
     return logps * mask, mask
+
+
+def answer_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts of the answer tokens of each row of a batch.
+
+    ``batch`` holds ``input_ids``, ``attention_mask`` and ``completion_mask`` (1 on answer tokens),
+    as ``PreferenceCollator`` and ``UnpairedCollator`` build them. Returns ``(sums, counts)``, ``[N]``.
+    """
+    labels = batch["input_ids"].masked_fill(~batch["completion_mask"].bool(), IGNORE_INDEX)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logps, mask = causal_lm_logprobs(logits, labels)
+    return logps.sum(-1), mask.sum(-1)
+
+
+def shared_prefix_token_logps(model, batch: dict) -> torch.Tensor:
+    """Per-token log-probs ``[B, L]`` (aligned with the target token; 0 at prompt and pad) of one row
+    per pair laid out as ``prompt + chosen + rejected`` (``SharedPrefixCollator``).
+
+    The prompt is computed once. ``position_ids`` restart the rejected answer at the prompt's end and
+    a 4D mask lets each answer see the prompt and itself only, so every answer token gets exactly
+    the log-prob it has in the unshared ``prompt + answer`` sequence. The first rejected token is
+    predicted from the prompt's last position (the plain shift would use the chosen answer's last).
+    """
+    input_ids, segments = batch["input_ids"], batch["segment_ids"]  # 0 prompt, 1 chosen, 2 rejected, -1 pad
+    mask = _shared_prefix_mask(segments, getattr(model.config, "_attn_implementation", None) or "sdpa")
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"], use_cache=False).logits
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    prompt_last, first_rejected = batch["prompt_lengths"] - 1, batch["first_rejected"]
+    shifted = selective_log_softmax(logits[:, :-1], input_ids[:, 1:])
+    token_logps = torch.cat([torch.zeros_like(shifted[:, :1]), shifted], dim=1)
+    fixed = selective_log_softmax(logits[rows, prompt_last], input_ids[rows, first_rejected])
+    token_logps = token_logps.index_put((rows, first_rejected), fixed)
+    return token_logps * (segments > 0)
+
+
+def shared_prefix_pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(chosen_sums, rejected_sums, chosen_counts, rejected_counts)``, each ``[B]``, from one
+    shared-prefix row per pair (see ``shared_prefix_token_logps``)."""
+    token_logps, segments = shared_prefix_token_logps(model, batch), batch["segment_ids"]
+    chosen, rejected = segments == 1, segments == 2
+    return (token_logps * chosen).sum(-1), (token_logps * rejected).sum(-1), chosen.sum(-1), rejected.sum(-1)
+
+
+def _shared_prefix_mask(segments: torch.Tensor, attn_implementation: str) -> torch.Tensor:
+    """``[B, 1, L, L]`` mask: causal, and an answer sees only the prompt and itself. Boolean for SDPA
+    (True = attend), additive float for eager attention; other kernels take no custom mask."""
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(f"Prefix sharing needs a custom attention mask, which {attn_implementation!r} attention "
+                         "does not take. Load the model with attn_implementation='sdpa' or turn prefix_sharing off.")
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    q, k = segments[:, :, None], segments[:, None, :]
+    allowed = causal & (k != -1) & ((k == 0) | (k == q))
+    allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)  # pad rows attend to themselves: no NaN
+    allowed = allowed[:, None]
+    if attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, device=segments.device).masked_fill(~allowed, torch.finfo(torch.float32).min)

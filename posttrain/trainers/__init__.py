@@ -1,4 +1,5 @@
+from .dpo import DPOConfig, DPOTrainer
 from .reward import RewardConfig, RewardTrainer
 from .sft import SFTConfig, SFTTrainer
 
-__all__ = ["RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer"]
+__all__ = ["DPOConfig", "DPOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer"]

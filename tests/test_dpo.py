@@ -1,0 +1,209 @@
+"""DPOTrainer: learning, reference strategies (copy, adapter, precomputed, none), prefix sharing,
+KTO, bad rows, resume."""
+
+import peft
+import pytest
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+from posttrain import DataFormatError, DPOConfig, DPOTrainer, SFTConfig, SFTTrainer, load_model
+from posttrain.data import toy
+from posttrain.data.collate import PreferenceCollator, SharedPrefixCollator
+from posttrain.losses.logprobs import causal_lm_logprobs, shared_prefix_token_logps
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-3, max_steps=4,
+                logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0, max_length=64,
+                lr_scheduler_type="constant", warmup_steps=0, reference_cache_dir=str(tmp_path / "cache"))
+    base.update(kw)
+    return DPOConfig(**base)
+
+
+def logged(trainer, key):
+    return [e[key] for e in trainer.state.log_history if key in e and "eval_loss" not in e]
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory):
+    """A tiny Llama fine-tuned on the preferred (positive) style, as DPO is run in practice."""
+    out = tmp_path_factory.mktemp("sft")
+    args = SFTConfig(output_dir=str(out), max_steps=40, per_device_train_batch_size=16, learning_rate=3e-3,
+                     save_strategy="no", disable_tqdm=True, max_length=64, logging_steps=10)
+    trainer = SFTTrainer("tiny:llama", args, train_dataset=toy.prompt_completion(400, seed=1))
+    trainer.train()
+    trainer.save_model()
+    return str(out)
+
+
+def test_dpo_separates_held_out_pairs_and_margin_grows(sft_dir, tmp_path):
+    trainer = DPOTrainer(sft_dir, config(tmp_path, max_steps=40, logging_steps=10),
+                         train_dataset=toy.preference_pairs(300, seed=2), eval_dataset=toy.preference_pairs(100, seed=3))
+    trainer.train()
+    held_out = trainer.evaluate()
+    margins = logged(trainer, "rewards/margin")
+    print(f"held-out implicit-reward accuracy {held_out['eval_rewards/accuracy']:.3f}, train margins {margins}")
+    assert held_out["eval_rewards/accuracy"] >= 0.9
+    assert margins[-1] > margins[0] > 0
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "logps/chosen", "logps/rejected"):
+        assert logged(trainer, key)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_prefix_sharing_gives_the_unshared_token_logps(arch, tmp_path):
+    trainer = DPOTrainer(f"tiny:{arch}", config(tmp_path), train_dataset=toy.preference_pairs(8, seed=4))
+    features = [trainer.train_dataset[i] for i in range(8)]
+    pad = trainer.processing_class.pad_token_id
+    model = trainer.model.eval()
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
+        model.to(dtype)
+        plain = PreferenceCollator(pad)(features)
+        labels = plain["input_ids"].masked_fill(plain["completion_mask"] == 0, -100)
+        with torch.no_grad():
+            logits = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+            unshared, mask = causal_lm_logprobs(logits, labels)
+            shared = shared_prefix_token_logps(model, SharedPrefixCollator(pad)(features))
+        for i, f in enumerate(features):
+            p, c, r = len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])
+            # unshared logps[t] predicts token t+1; shared logps are aligned with the target token
+            expected_chosen, expected_rejected = unshared[i, p - 1: p - 1 + c], unshared[8 + i, p - 1: p - 1 + r]
+            assert mask[i, p - 1: p - 1 + c].all() and mask[8 + i, p - 1: p - 1 + r].all()
+            assert torch.allclose(shared[i, p: p + c].double(), expected_chosen.double(), atol=tol, rtol=0)
+            assert torch.allclose(shared[i, p + c: p + c + r].double(), expected_rejected.double(), atol=tol, rtol=0)
+
+
+def test_prefix_sharing_trains_like_the_unshared_run(tmp_path):
+    rows = toy.preference_pairs(32, seed=5)
+    plain = DPOTrainer("tiny:llama", config(tmp_path / "a"), train_dataset=rows)
+    plain.train()
+    shared = DPOTrainer("tiny:llama", config(tmp_path / "b", prefix_sharing=True), train_dataset=rows)
+    shared.train()
+    assert logged(shared, "loss") == pytest.approx(logged(plain, "loss"), abs=1e-5)
+
+
+def test_precomputed_reference_matches_copy_and_skips_the_reference_forward(tmp_path):
+    rows = toy.preference_pairs(48, seed=6)
+    copy = DPOTrainer("tiny:llama", config(tmp_path, reference="copy", max_steps=6), train_dataset=rows)
+    copy.train()
+    pre = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed", max_steps=6), train_dataset=rows)
+    assert pre.ref_model is None
+    pre.train()
+    print(f"reference forwards during training: copy {copy.reference_forwards}, precomputed {pre.reference_forwards}")
+    assert copy.reference_forwards == 6 and pre.reference_forwards == 0
+    assert logged(pre, "loss") == pytest.approx(logged(copy, "loss"), abs=1e-5)
+    assert logged(pre, "rewards/margin") == pytest.approx(logged(copy, "rewards/margin"), abs=1e-5)
+    # A second run finds the cache (keyed by model, tokenizer and data) instead of recomputing.
+    calls = {"n": 0}
+    original = DPOTrainer.pair_logps
+
+    def counting(self, model, batch):
+        calls["n"] += 1
+        return original(self, model, batch)
+
+    DPOTrainer.pair_logps = counting
+    try:
+        again = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed"), train_dataset=rows)
+        assert calls["n"] == 0 and again.reference_cache_path == pre.reference_cache_path
+        other_data = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed"), train_dataset=rows[:40])
+        assert calls["n"] > 0 and other_data.reference_cache_path != pre.reference_cache_path
+    finally:
+        DPOTrainer.pair_logps = original
+
+
+def test_lora_reference_is_the_adapter_switched_off(tmp_path):
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    base = load_model("tiny:llama")
+    reference = load_model("tiny:llama")  # an untouched copy, only to check the values
+    trainer = DPOTrainer(base, config(tmp_path, max_steps=5, learning_rate=1e-2), train_dataset=toy.preference_pairs(32),
+                         peft_config=lora)
+    assert trainer.reference_strategy == "adapter" and trainer.ref_model is None
+    trainer.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    ref_chosen, ref_rejected = trainer.reference_pair_logps(batch)
+    with torch.no_grad():
+        expected = trainer.pair_logps(reference, batch)
+        policy = trainer.pair_logps(trainer.model, batch)
+    assert torch.allclose(ref_chosen, expected[0], atol=1e-5) and torch.allclose(ref_rejected, expected[1], atol=1e-5)
+    assert not torch.allclose(policy[0], expected[0], atol=1e-3)  # the adapter did learn something
+    assert logged(trainer, "rewards/margin")[-1] > logged(trainer, "rewards/margin")[0]
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_reference_free_losses_run_without_a_reference(loss_type, tmp_path):
+    trainer = DPOTrainer("tiny:llama", config(tmp_path, loss_type=loss_type, max_steps=6, beta=2.0 if loss_type == "simpo" else 0.1),
+                         train_dataset=toy.preference_pairs(48))
+    assert trainer.reference_strategy == "none" and trainer.ref_model is None
+    trainer.train()
+    assert trainer.reference_forwards == 0
+    margins = logged(trainer, "rewards/margin")
+    assert margins[-1] > margins[0]
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust"])
+def test_other_reference_losses_learn(loss_type, tmp_path):
+    trainer = DPOTrainer("tiny:llama", config(tmp_path, loss_type=loss_type, max_steps=6, label_smoothing=0.1
+                                              if loss_type == "robust" else 0.0), train_dataset=toy.preference_pairs(48))
+    trainer.train()
+    margins = logged(trainer, "rewards/margin")
+    assert margins[-1] > margins[0]
+
+
+def test_kto_learns_from_unpaired_rows(tmp_path):
+    pairs = toy.preference_pairs(64, seed=8)
+    rows = [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 else p["rejected"], "label": bool(i % 2)}
+            for i, p in enumerate(pairs)]
+    trainer = DPOTrainer("tiny:llama", config(tmp_path, loss_type="kto", max_steps=12), train_dataset=rows)
+    trainer.train()
+    desirable, undesirable = logged(trainer, "rewards/desirable"), logged(trainer, "rewards/undesirable")
+    assert desirable[-1] - undesirable[-1] > desirable[0] - undesirable[0]
+    assert all(k >= 0 for k in logged(trainer, "kl"))
+    with pytest.raises(ValueError, match="batch"):
+        DPOTrainer("tiny:llama", config(tmp_path, loss_type="kto", per_device_train_batch_size=1), train_dataset=rows)
+    with pytest.raises(ValueError, match="cannot be precomputed"):
+        DPOTrainer("tiny:llama", config(tmp_path, loss_type="kto", reference="precomputed"), train_dataset=rows)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("chosen"), "chosen"),
+    (lambda r: r.update(rejected=r["chosen"]), "identical"),
+    (lambda r: r.update(chosen=""), "empty"),
+    (lambda r: r.update(rejected="   "), "empty"),
+])
+def test_bad_preference_rows_name_the_row(change, message, tmp_path):
+    rows = toy.preference_pairs(6)
+    for r in rows[3:] if message == "chosen" else rows[3:4]:
+        change(r)
+    with pytest.raises(DataFormatError, match=message) as err:
+        DPOTrainer("tiny:llama", config(tmp_path), train_dataset=rows)
+    assert "Row 3" in str(err.value) or "row 3" in str(err.value).lower() or message == "chosen"
+
+
+def test_reference_strategy_errors(tmp_path):
+    rows = toy.preference_pairs(8)
+    with pytest.raises(ValueError, match="LoRA policy"):
+        DPOTrainer("tiny:llama", config(tmp_path, reference="adapter"), train_dataset=rows)
+    with pytest.raises(ValueError, match="reference-free"):
+        DPOTrainer("tiny:llama", config(tmp_path, reference="none"), train_dataset=rows)
+    with pytest.raises(ValueError, match="Unknown loss_type"):
+        DPOTrainer("tiny:llama", config(tmp_path, loss_type="dpo++"), train_dataset=rows)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    from transformers import TrainerCallback
+
+    class StopAt5(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            control.should_training_stop = state.global_step >= 5
+
+    rows = toy.preference_pairs(64, seed=9)
+    common = dict(max_steps=10, save_strategy="steps", save_steps=5, lr_scheduler_type="cosine")
+    straight = DPOTrainer("tiny:llama", config(tmp_path / "a", **common), train_dataset=rows)
+    straight.train()
+    stopped = DPOTrainer("tiny:llama", config(tmp_path / "b", **common), train_dataset=rows, callbacks=[StopAt5()])
+    stopped.train()
+    resumed = DPOTrainer("tiny:llama", config(tmp_path / "b", **common), train_dataset=rows)
+    resumed.train(resume_from_checkpoint=get_last_checkpoint(str(tmp_path / "b" / "out")))
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
