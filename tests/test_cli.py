@@ -87,3 +87,24 @@ def test_bad_dataset_is_a_clear_error_not_a_traceback(tmp_path, capsys):
 def test_console_script_runs():
     done = subprocess.run([sys.executable, "-m", "posttrain.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "sft" in done.stdout and "reward" in done.stdout
+
+
+def test_dpo_and_kto_commands(tmp_path, capsys):
+    pairs = toy.preference_pairs(32, seed=2)
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    assert main(["dpo", "--model", "tiny:llama", "--dataset", data, "--output_dir", str(tmp_path / "dpo"),
+                 "--max_steps", "3", "--learning_rate", "1e-3", "--prefix_sharing", "true", "--disable_tqdm", "true",
+                 "--reference_cache_dir", str(tmp_path / "cache")]) == 0
+    assert "posttrain dpo: saved to" in capsys.readouterr().out
+    assert "**dpo (sigmoid)**" in (tmp_path / "dpo" / "README.md").read_text()
+    unpaired = [{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 else r["rejected"], "label": bool(i % 2)}
+                for i, r in enumerate(pairs)]
+    data = write_jsonl(tmp_path / "unpaired.jsonl", unpaired)
+    assert main(["kto", "--dataset", data, "--output_dir", str(tmp_path / "kto"), "--max_steps", "2",
+                 "--disable_tqdm", "true", "--per_device_train_batch_size", "4"]) == 0
+    assert "**kto**" in (tmp_path / "kto" / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["dpo", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--loss_type", "--beta", "--reference", "--prefix_sharing", "--label_smoothing"):
+        assert flag in text
