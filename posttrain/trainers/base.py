@@ -13,8 +13,10 @@ from collections import defaultdict
 import torch
 import transformers
 
+from .. import __version__
 from ..card import write_model_card
 from ..data.formats import load_rows, validate
+from ..data.tokenize import check_tokenizer
 from ..models.loading import load_model, load_tokenizer
 
 STAGING_DIR = ".staging"  # hidden: get_last_checkpoint only picks up checkpoint-<n> in output_dir
@@ -58,18 +60,13 @@ class PostTrainer(transformers.Trainer):
             return None
         dataset, fmt = validate(load_rows(rows), self.formats, args.extra_columns,
                                 what=f"{type(self).__name__}")
-        self.check_tokenizer(tokenizer, fmt)
-        settings = repr((self.tokenize_settings(args), tokenizer.name_or_path, len(tokenizer),
+        check_tokenizer(tokenizer, needs_chat_template=fmt.conversational)
+        settings = repr((__version__, self.tokenize_settings(args), tokenizer.name_or_path, len(tokenizer),
                          getattr(tokenizer, "chat_template", None)))
         fingerprint = hashlib.sha256(f"{dataset._fingerprint}{settings}".encode()).hexdigest()[:16]
         return dataset.map(
             lambda row, i: self.tokenize_row(row, i, tokenizer, fmt, args), with_indices=True,
             remove_columns=dataset.column_names, new_fingerprint=fingerprint, desc=f"Tokenizing {split} rows")
-
-    def check_tokenizer(self, tokenizer, fmt) -> None:
-        from ..data.tokenize import check_tokenizer
-
-        check_tokenizer(tokenizer, needs_chat_template=fmt.conversational)
 
     def tokenize_settings(self, args) -> tuple:
         """Config values that change tokenization (part of the cache fingerprint)."""
