@@ -63,3 +63,12 @@ def test_unknown_names_say_what_exists():
 
 def test_dtype_is_applied():
     assert next(load_model("tiny:llama", dtype="bfloat16").parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["tiny:llama-5m", "tiny:qwen2-50m"])
+def test_benchmark_sizes_run_a_forward_pass(name):
+    model = load_model(name)
+    heads, kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    assert heads % kv == 0
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).logits.shape[:2] == (1, 3)

@@ -78,6 +78,7 @@ def parse_tiny_name(name: str) -> tuple[str, str]:
 
 def tiny_config(arch: str, size: str = "tiny", vocab_size: int | None = None):
     hidden, layers, heads, inter = SIZES[size]
+    kv_heads = max(k for k in range(1, heads // 2 + 1) if heads % k == 0) if heads > 1 else 1  # GQA must divide
     tokenizer = build_tokenizer()
     vocab = vocab_size or (len(tokenizer) + 63) // 64 * 64  # round up: friendlier matmul shapes
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -85,12 +86,12 @@ def tiny_config(arch: str, size: str = "tiny", vocab_size: int | None = None):
     if arch == "llama":
         return transformers.LlamaConfig(
             vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2), intermediate_size=inter, max_position_embeddings=1024,
+            num_key_value_heads=kv_heads, intermediate_size=inter, max_position_embeddings=1024,
             tie_word_embeddings=False, **ids)
     if arch == "qwen2":
         return transformers.Qwen2Config(
             vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2), intermediate_size=inter, max_position_embeddings=1024,
+            num_key_value_heads=kv_heads, intermediate_size=inter, max_position_embeddings=1024,
             tie_word_embeddings=True, **ids)
     if arch == "gpt2":
         return transformers.GPT2Config(

@@ -52,7 +52,8 @@ class RewardTrainer(PostTrainer):
         return PreferenceCollator(tokenizer.pad_token_id)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, 0]
+        rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                        use_cache=False).logits[:, 0]
         chosen, rejected = rewards.float().chunk(2)
         loss = bradley_terry_loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
         self.record(accuracy=(chosen > rejected).float().mean(), margin=(chosen - rejected).mean(),
