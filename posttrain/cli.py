@@ -96,7 +96,8 @@ def summary(command: str, trainer, seconds: float) -> str:
     if losses:
         parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     metrics = trainer.final_metrics()
-    for key in ("eval_loss", "eval_accuracy", "eval_mean_token_accuracy", "accuracy", "mean_token_accuracy"):
+    for key in ("eval_loss", "eval_accuracy", "eval_mean_token_accuracy", "eval_rewards/accuracy",
+                "eval_rewards/margin", "accuracy", "mean_token_accuracy", "rewards/accuracy"):
         if key in metrics:
             parts.append(f"{key} {metrics[key]:.4f}")
     return " | ".join(parts)

@@ -1,7 +1,8 @@
 """``posttrain demo``: the offline pipeline on a tiny model, in stages that reuse each other's outputs.
 
-Stages so far: ``sft`` (review openings -> positive continuations) and ``reward`` (positive
-continuations preferred). PPO, DPO and the report build on these (see the project's issues).
+Stages so far: ``sft`` (review openings -> positive continuations), ``reward`` (a reward model
+that prefers positive continuations) and ``dpo`` (DPO from the SFT model on the same pairs).
+PPO and the report build on these (see the project's issues).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import time
 from .cli import run_training, summary
 from .config import DataArguments, ModelArguments
 from .data import toy
-from .trainers import RewardConfig, SFTConfig
+from .trainers import DPOConfig, RewardConfig, SFTConfig
 
-STAGES = ("sft", "reward")
+STAGES = {"sft": (SFTConfig, 1e-3), "reward": (RewardConfig, 5e-4), "dpo": (DPOConfig, 5e-4)}  # config, lr
 
 
 def _write_jsonl(rows: list[dict], path: str) -> str:
@@ -44,23 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = os.path.join(args.output_dir, "data")
     sft_data = _write_jsonl(toy.prompt_completion(800, seed=1), os.path.join(data_dir, "sft.jsonl"))
     pref_data = _write_jsonl(toy.preference_pairs(800, seed=2), os.path.join(data_dir, "preferences.jsonl"))
-    stages = STAGES if args.stage == "all" else (args.stage,)
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
     for stage in stages:
         start = time.perf_counter()
         out = os.path.join(args.output_dir, stage)
-        print(f"== stage {stage}: training {args.model if stage == 'sft' else 'reward model'} ==", flush=True)
+        print(f"== stage {stage} ==", flush=True)
         if stage == "sft":
-            config = SFTConfig(learning_rate=1e-3, max_length=128, **_common(out, args.steps, args.quick))
-            trainer = run_training("sft", ModelArguments(model=args.model), DataArguments(dataset=sft_data), config)
+            model, data = args.model, DataArguments(dataset=sft_data)
         else:
-            sft_dir = os.path.join(args.output_dir, "sft")
-            if not os.path.exists(os.path.join(sft_dir, "config.json")):
-                print(f"Stage 'reward' starts from the SFT model in {sft_dir}, which is missing. "
+            model, data = os.path.join(args.output_dir, "sft"), DataArguments(dataset=pref_data, eval_fraction=0.1)
+            if not os.path.exists(os.path.join(model, "config.json")):
+                print(f"Stage {stage!r} starts from the SFT model in {model}, which is missing. "
                       f"Run first: posttrain demo --stage sft --output_dir {args.output_dir}")
                 return 1
-            config = RewardConfig(learning_rate=5e-4, max_length=128, **_common(out, args.steps, args.quick))
-            trainer = run_training("reward", ModelArguments(model=sft_dir),
-                                   DataArguments(dataset=pref_data, eval_fraction=0.1), config)
+        config_cls, learning_rate = STAGES[stage]
+        config = config_cls(learning_rate=learning_rate, max_length=128, **_common(out, args.steps, args.quick))
+        trainer = run_training(stage, ModelArguments(model=model), data, config)
         losses = [f"{e['loss']:.3f}" for e in trainer.state.log_history if "loss" in e]
         print(f"   loss over training: {' '.join(losses)}")
         print("   " + summary(stage, trainer, time.perf_counter() - start), flush=True)
