@@ -92,9 +92,10 @@ class DPOTrainer(PostTrainer):
             self.ref_model.requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(self.ref_model.eval(), evaluation_mode=True)
         elif self.reference_strategy == "precomputed":
-            self.train_dataset = self._with_reference_logps(self.train_dataset)
+            reference_model = ref_model if ref_model is not None else self.accelerator.unwrap_model(self.model)
+            self.train_dataset = self._with_reference_logps(self.train_dataset, reference_model)
             if self.eval_dataset is not None and not isinstance(self.eval_dataset, dict):
-                self.eval_dataset = self._with_reference_logps(self.eval_dataset)
+                self.eval_dataset = self._with_reference_logps(self.eval_dataset, reference_model)
 
     # ---- data -------------------------------------------------------------------------------------
     def tokenize_row(self, row, index, tokenizer, fmt, args):
@@ -133,10 +134,10 @@ class DPOTrainer(PostTrainer):
                 return self.pair_logps(base, batch)[:2]
         return self.pair_logps(self.ref_model, batch)[:2]
 
-    def _with_reference_logps(self, dataset):
-        """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, computed once with the starting policy
-        (which is the reference) and cached on disk under a fingerprint of model, tokenizer and data."""
-        model = self.accelerator.unwrap_model(self.model)
+    def _with_reference_logps(self, dataset, model):
+        """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, computed once with ``model`` (the
+        starting policy unless a ref_model was given) and cached on disk under a fingerprint of model,
+        tokenizer and data."""
         columns = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_dict()
         key = ref.fingerprint(model, self.processing_class, columns, {"kind": "dpo-pair-logps"})
         path = os.path.join(ref.cache_dir(self.args.reference_cache_dir), f"{key}.safetensors")
@@ -165,7 +166,8 @@ class DPOTrainer(PostTrainer):
     # ---- loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.is_kto:
-            return self._kto_loss(model, inputs)
+            loss = self._kto_loss(model, inputs)
+            return (loss, {}) if return_outputs else loss
         args = self.args
         chosen, rejected, n_chosen, n_rejected = self.pair_logps(model, inputs)
         if args.loss_type == "simpo":
@@ -182,14 +184,15 @@ class DPOTrainer(PostTrainer):
                        "rewards/accuracy": (r_chosen > r_rejected).float().mean(),
                        "rewards/margin": (r_chosen - r_rejected).mean(),
                        "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()})
-        self.count_tokens(n_chosen.sum() + n_rejected.sum())
+        self.count_tokens(inputs["attention_mask"].sum() if "attention_mask" in inputs
+                          else (inputs["segment_ids"] >= 0).sum())
         return (loss, {}) if return_outputs else loss
 
     def _kto_loss(self, model, inputs):
         n = inputs["label"].shape[0]
         matched = {k: v[:n] for k, v in inputs.items() if k != "label"}
         mismatched = {k: v[n:] for k, v in inputs.items() if k != "label"}
-        logps, counts = answer_logps(model, matched)
+        logps, _ = answer_logps(model, matched)
         with torch.no_grad():  # the KL reference point is detached: no graph needed for it
             kl_logps, _ = answer_logps(model, mismatched)
             if self.model.training:
@@ -208,5 +211,5 @@ class DPOTrainer(PostTrainer):
         if (~label).any():
             values["rewards/undesirable"] = rewards[~label].mean()
         self.record(**values)
-        self.count_tokens(counts.sum())
+        self.count_tokens(inputs["attention_mask"][:n].sum())
         return loss
