@@ -6,12 +6,18 @@ same rows in the same order, with the same TrainingArguments (batch, max_length,
 optimizer, fp32, no gradient checkpointing, no logging or saving), in this one process. Warm-up steps
 are not timed. Each timed step is timed from the end of the previous step to its own end (so data
 loading and collation count) and credited with what it fed the model: non-pad tokens for SFT (the
-attention mask's sum, or the packed row's length), preference pairs for reward modeling. Runs
+attention mask's sum, or the packed row's length), preference pairs for reward modeling and DPO. Runs
 alternate between the libraries (posttrain first in odd rounds, TRL first in even ones); throughput is
 the timed units over the sum of each step's fastest time across rounds, which filters out time lost
 to other processes on a shared machine.
 
-    python benchmarks/run.py [--sizes 5m,50m] [--steps N] [--repeats R] [--output BENCHMARKS.md] [--quick]
+DPO (sigmoid loss) runs three ways: a frozen copy as reference, LoRA with the adapter switched off as
+reference, and posttrain's prefix sharing (TRL has none: that row's TRL side is its standard DPO, the
+same runs as the copy-reference row). DPO peak memory is measured per process by dpo_memory.py; its
+markdown output (benchmarks/dpo_memory.md) is included in the report.
+
+    python benchmarks/run.py [--sizes 5m,50m] [--steps N] [--repeats R] [--only sft,reward,dpo]
+                             [--output BENCHMARKS.md] [--quick]
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from posttrain import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer, load_model, load_tokenizer  # noqa: E402
+from posttrain import (  # noqa: E402
+    DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer, load_model, load_tokenizer)
 from posttrain.data import toy  # noqa: E402
 
 MODELS = {"5m": "tiny:llama-5m", "50m": "tiny:llama-50m"}
@@ -55,10 +62,21 @@ BATCH_SIZE = 8
 MAX_LENGTH = 256
 LEARNING_RATE = 1e-5
 SEED = 0
-BENCHMARKS = ("sft", "sft-packed", "reward")
+BENCHMARKS = ("sft", "sft-packed", "reward", "dpo", "dpo-lora", "dpo-prefix")
+DPO_BENCHMARKS = ("dpo", "dpo-lora", "dpo-prefix")
+FAMILIES = {"sft": ("sft", "sft-packed"), "reward": ("reward",), "dpo": DPO_BENCHMARKS}
 LABELS = {"sft": "SFT, padded (tokens/s)", "sft-packed": "SFT, padding-free (tokens/s)",
-          "reward": "Reward modeling (pairs/s)"}
+          "reward": "Reward modeling (pairs/s)", "dpo": "DPO, copy reference (pairs/s)",
+          "dpo-lora": "DPO, LoRA, adapter-off reference (pairs/s)",
+          "dpo-prefix": "DPO, copy reference, posttrain prefix sharing (pairs/s) [1]"}
 LIBRARIES = ("posttrain", "trl")
+# DPO: each step runs 2 x BATCH_SIZE sequences of ~230 tokens through the policy (forward + backward)
+# and the reference (forward), so it is slower than an SFT step: fewer timed steps.
+DPO_STEPS = {"5m": 6, "50m": 2}
+DPO_WARMUP = {"5m": 1, "50m": 1}
+DPO_BETA = 0.1
+# The same LoRA settings for both libraries (dpo-lora); rebuilt for every run since PEFT keeps a reference.
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -102,6 +120,36 @@ def reward_rows(n: int, tokenizer, max_length: int = MAX_LENGTH, seed: int = SEE
     return rows
 
 
+def dpo_rows(n: int, tokenizer, max_length: int = MAX_LENGTH, seed: int = SEED) -> list[dict]:
+    """Preference rows with long prompts and shorter answers, the case prefix sharing is meant for.
+
+    The prompt strings toy reviews of mixed sentiment together until it reaches a random 140-175 tokens,
+    then ends on a review opening (about 140-195 tokens in all); chosen and rejected continue that opening
+    (positively / negatively) and add 1-3 further reviews of the same sentiment (about 30-65 tokens each).
+    Every prompt + answer + eos fits ``max_length``, so neither library truncates.
+    """
+    rng = random.Random(seed + 2)
+    pairs = toy.preference_pairs(n, seed=seed)
+    context = toy.prompt_completion(n * 24, seed=seed + 1, positive=None)
+    extra = {"chosen": toy.prompt_completion(n * 3, seed=seed + 2, positive=True),
+             "rejected": toy.prompt_completion(n * 3, seed=seed + 3, positive=False)}
+    rows, k, used = [], 0, {"chosen": 0, "rejected": 0}
+    for pair in pairs:
+        target, reviews = rng.randint(140, 175), []
+        while len(tokenizer(" ".join(reviews))["input_ids"]) < target:
+            reviews.append(context[k]["prompt"] + context[k]["completion"])
+            k += 1
+        prompt = " ".join([*reviews, pair["prompt"]])
+        row = {"prompt": prompt}
+        for key in ("chosen", "rejected"):
+            count, start = rng.randint(1, 3), used[key]
+            used[key] += count
+            parts = [pair[key]] + [f" {r['prompt']}{r['completion']}" for r in extra[key][start: start + count]]
+            row[key] = _fit(tokenizer, parts, prompt, max_length)
+        rows.append(row)
+    return rows
+
+
 # ---- models ---------------------------------------------------------------------------------------
 def build_model(size: str, task: str):
     """``load_model(MODELS[size], task, seed=SEED)`` in float32: both libraries get the same weights."""
@@ -121,8 +169,10 @@ class StepClock(TrainerCallback):
 
 
 def _count(benchmark: str, inputs: dict) -> int:
-    """Work units in one batch: pairs for reward, non-pad tokens for SFT (a packed row has no padding)."""
-    if benchmark == "reward":
+    """Work units in one batch: pairs for reward and DPO, non-pad tokens for SFT (a packed row has no padding)."""
+    if benchmark in DPO_BENCHMARKS and "segment_ids" in inputs:  # prefix sharing: one row per pair
+        return int(inputs["input_ids"].shape[0])
+    if benchmark == "reward" or benchmark in DPO_BENCHMARKS:  # chosen rows, then rejected rows
         return int(inputs["input_ids"].shape[0]) // 2
     if "attention_mask" in inputs:
         return int(inputs["attention_mask"].sum())
@@ -130,7 +180,13 @@ def _count(benchmark: str, inputs: dict) -> int:
 
 
 def _instrument(trainer, benchmark: str, counts: dict, losses: dict) -> None:
-    """Record the work units and loss of every step by wrapping this trainer's ``training_step``."""
+    """Record the work units and loss of every step by wrapping this trainer's ``training_step``.
+
+    For DPO also the first step's mean summed log-prob of the chosen answers under the policy, which
+    both trainers record as ``logps/chosen`` in their ``_metrics``: at step 1 policy and reference are
+    the same weights, so every DPO loss is log 2 and the loss alone would not show that both sides
+    scored the same tokens; the log-prob does.
+    """
     original = trainer.training_step
 
     def training_step(model, inputs, *args, **kwargs):
@@ -139,6 +195,9 @@ def _instrument(trainer, benchmark: str, counts: dict, losses: dict) -> None:
         loss = original(model, inputs, *args, **kwargs)
         if step == 1:  # one device sync, outside the timed steps
             losses[step] = float(loss)
+            if benchmark in DPO_BENCHMARKS:
+                logged = getattr(trainer, "_metrics", {}).get("train", {}).get("logps/chosen")
+                losses["logps/chosen"] = float(logged[-1]) if logged else float("nan")
         return loss
 
     trainer.training_step = training_step
@@ -154,8 +213,41 @@ def _common_args(output_dir: str, steps: int) -> dict:
         dataloader_pin_memory=False, use_cpu=not torch.cuda.is_available(), max_length=MAX_LENGTH)
 
 
-def _make_trainer(library: str, benchmark: str, model, tokenizer, rows, args_kwargs: dict, callbacks):
+def _lora():
+    import peft
+
+    return peft.LoraConfig(**LORA)
+
+
+def _make_dpo_trainer(library: str, benchmark: str, size: str, model, tokenizer, dataset, args_kwargs: dict,
+                      callbacks):
+    """DPO, sigmoid loss, beta DPO_BETA. dpo: full fine-tuning, reference = a frozen copy of the starting
+    weights; dpo-lora: the same LoRA adapter on both sides, reference = the adapter switched off;
+    dpo-prefix: posttrain with prefix sharing (copy reference), TRL's standard DPO (it has no prefix sharing)."""
+    lora = _lora() if benchmark == "dpo-lora" else None
+    if library == "posttrain":
+        args = DPOConfig(**args_kwargs, loss_type="sigmoid", beta=DPO_BETA, label_smoothing=0.0,
+                         reference="adapter" if lora else "copy", prefix_sharing=benchmark == "dpo-prefix",
+                         max_prompt_length=None)
+        return DPOTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
+                          callbacks=callbacks)
+    import trl
+
+    args = trl.DPOConfig(**args_kwargs, loss_type=["sigmoid"], beta=DPO_BETA, label_smoothing=0.0,
+                         precompute_ref_log_probs=False, padding_free=False, truncation_mode="keep_start",
+                         pad_to_multiple_of=None, use_weighting=False, ld_alpha=None, sync_ref_model=False,
+                         disable_dropout=True)
+    # TRL's default reference (ref_model=None, no PEFT) re-creates the model from model.config.name_or_path,
+    # which an in-memory tiny model does not have; a second build of the same seeded weights is that copy.
+    ref_model = None if lora else build_model(size, "causal-lm")
+    return trl.DPOTrainer(model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=lora, callbacks=callbacks)
+
+
+def _make_trainer(library: str, benchmark: str, size: str, model, tokenizer, rows, args_kwargs: dict, callbacks):
     dataset = datasets.Dataset.from_list(rows)
+    if benchmark in DPO_BENCHMARKS:
+        return _make_dpo_trainer(library, benchmark, size, model, tokenizer, dataset, args_kwargs, callbacks)
     if library == "posttrain":
         if benchmark == "reward":
             return RewardTrainer(model, args=RewardConfig(**args_kwargs), train_dataset=dataset,
@@ -185,6 +277,7 @@ class Run:
     units: dict[int, int]
     seconds: dict[int, float]
     first_loss: float
+    first_logps: float = float("nan")  # DPO: step 1's mean chosen log-prob under the policy (same-work check)
 
     @property
     def throughput(self) -> float:
@@ -201,7 +294,7 @@ def run_one(library: str, benchmark: str, size: str, steps: int, warmup: int, ro
     clock, counts, losses = StepClock(), {}, {}
     total = warmup + steps
     with tempfile.TemporaryDirectory() as tmp, _quiet():
-        trainer = _make_trainer(library, benchmark, model, tokenizer, rows, _common_args(tmp, total), [clock])
+        trainer = _make_trainer(library, benchmark, size, model, tokenizer, rows, _common_args(tmp, total), [clock])
         _instrument(trainer, benchmark, counts, losses)
         trainer.train()
     timed = range(warmup + 1, total + 1)
@@ -209,7 +302,7 @@ def run_one(library: str, benchmark: str, size: str, steps: int, warmup: int, ro
     if missing:
         raise RuntimeError(f"{library} {benchmark}: no clock/count for steps {missing}.")
     return Run({k: counts[k] for k in timed}, {k: clock.times[k] - clock.times[k - 1] for k in timed},
-               losses.get(1, float("nan")))
+               losses.get(1, float("nan")), losses.get("logps/chosen", float("nan")))
 
 
 @contextlib.contextmanager
@@ -236,6 +329,7 @@ class Result:
     steps: int
     warmup: int
     runs: dict = field(default_factory=lambda: {lib: [] for lib in LIBRARIES})
+    trl_from: str | None = None  # dpo-prefix: the benchmark whose TRL runs this row shares
 
     def throughput(self, library: str) -> float:
         """Units of the timed steps over the sum, across steps, of each step's fastest time in any round.
@@ -261,31 +355,63 @@ def _params(size: str, benchmark: str) -> int:
     return sum(p.numel() for p in build_model(size, task).parameters())
 
 
+def schedule(benchmark: str, size: str, steps: int | None = None, warmup: int | None = None) -> tuple[int, int]:
+    """(timed steps, warm-up steps) of a benchmark at a size: the overrides, else the per-size defaults."""
+    dpo = benchmark in DPO_BENCHMARKS
+    return (steps or (DPO_STEPS if dpo else DEFAULT_STEPS)[size],
+            warmup or (DPO_WARMUP if dpo else DEFAULT_WARMUP)[size])
+
+
+def _unit(benchmark: str) -> str:
+    return "tokens" if benchmark.startswith("sft") else "pairs"
+
+
 def benchmark(sizes: list[str], steps: int | None = None, warmup: int | None = None, repeats: int = 2,
               benchmarks: tuple[str, ...] = BENCHMARKS, libraries: tuple[str, ...] = LIBRARIES,
               log=print) -> list[Result]:
     """Run every benchmark at every size for ``libraries``; returns one Result per (benchmark, size).
 
-    ``steps`` / ``warmup`` default to DEFAULT_STEPS / DEFAULT_WARMUP of each size.
+    ``steps`` / ``warmup`` default to DEFAULT_STEPS / DEFAULT_WARMUP of each size (DPO_STEPS /
+    DPO_WARMUP for the DPO benchmarks). TRL has no prefix sharing, so when ``dpo`` and ``dpo-prefix``
+    both run, posttrain's prefix-sharing runs join the ``dpo`` rounds and the ``dpo-prefix`` row is
+    compared with the same TRL runs (TRL's standard DPO with a copy reference) as the ``dpo`` row.
     """
     tokenizer = load_tokenizer(TOKENIZER)
+    makers = {"sft": sft_rows, "reward": reward_rows, "dpo": dpo_rows}
     results = []
     for size in sizes:
-        n_steps, n_warmup = steps or DEFAULT_STEPS[size], warmup or DEFAULT_WARMUP[size]
-        n_rows = (n_steps + n_warmup) * BATCH_SIZE  # one epoch, every row seen once
-        data = {"sft": sft_rows(n_rows, tokenizer), "reward": reward_rows(n_rows, tokenizer)}
+        data: dict[tuple[str, int], list[dict]] = {}
+        found = {}
         for name in benchmarks:
-            result = Result(name, size, _params(size, name), n_steps, n_warmup)
-            rows = data["reward" if name == "reward" else "sft"]
+            n_steps, n_warmup = schedule(name, size, steps, warmup)
+            found[name] = Result(name, size, _params(size, name), n_steps, n_warmup)
+        share = "dpo" in found and "dpo-prefix" in found and "trl" in libraries
+        groups = []  # contenders (benchmark, library) that alternate within the same rounds
+        for name in benchmarks:
+            if share and name == "dpo-prefix":
+                continue
+            group = [(name, library) for library in libraries]
+            if share and name == "dpo" and "posttrain" in libraries:
+                group.insert(group.index(("dpo", "posttrain")) + 1, ("dpo-prefix", "posttrain"))
+            groups.append(group)
+        if share:
+            found["dpo-prefix"].runs["trl"] = found["dpo"].runs["trl"]  # the same list: the same TRL runs
+            found["dpo-prefix"].trl_from = "dpo"
+        for group in groups:
             for r in range(repeats):
-                order = libraries if r % 2 == 0 else libraries[::-1]
-                for library in order:
-                    run = run_one(library, name, size, n_steps, n_warmup, rows)
+                for name, library in (group if r % 2 == 0 else group[::-1]):
+                    result = found[name]
+                    kind = "dpo" if name in DPO_BENCHMARKS else ("reward" if name == "reward" else "sft")
+                    key = (kind, (result.steps + result.warmup) * BATCH_SIZE)  # one epoch, every row seen once
+                    if key not in data:
+                        data[key] = makers[kind](key[1], tokenizer)
+                    run = run_one(library, name, size, result.steps, result.warmup, data[key])
                     result.runs[library].append(run)
+                    check = "" if run.first_logps != run.first_logps else f", chosen log-prob {run.first_logps:.3f}"
                     log(f"  {name:<10} {size:>3} round {r + 1} {library:<9} {run.throughput:10.1f} "
-                        f"{'pairs' if name == 'reward' else 'tokens'}/s  ({sum(run.units.values())} in "
-                        f"{sum(run.seconds.values()):.2f} s, first loss {run.first_loss:.4f})")
-            results.append(result)
+                        f"{_unit(name)}/s  ({sum(run.units.values())} in "
+                        f"{sum(run.seconds.values()):.2f} s, first loss {run.first_loss:.4f}{check})")
+        results.extend(found[name] for name in benchmarks)
     return results
 
 
@@ -308,15 +434,20 @@ def table(results: list[Result]) -> str:
 
 
 def details(results: list[Result]) -> str:
-    """Per-run numbers: units counted, seconds, and the first-step loss of each side (a same-work check)."""
-    lines = ["| benchmark | model | library | round | units counted | seconds | throughput | first-step loss |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    """Per-run numbers: units counted, seconds, and the first-step loss of each side (a same-work check);
+    for DPO also the first step's mean chosen log-prob under the policy."""
+    lines = ["| benchmark | model | library | round | units counted | seconds | throughput | first-step loss | "
+             "step-1 chosen log-prob (DPO) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for res in results:
         for library in LIBRARIES:
+            if library == "trl" and res.trl_from:
+                lines.append(f"| {res.benchmark} | {res.size} | trl | - | (the `{res.trl_from}` runs) | | | | |")
+                continue
             for i, run in enumerate(res.runs[library], 1):
+                logps = "" if run.first_logps != run.first_logps else f"{run.first_logps:.3f}"
                 lines.append(f"| {res.benchmark} | {res.size} | {library} | {i} | {sum(run.units.values()):,} | "
                              f"{sum(run.seconds.values()):.2f} | "
-                             f"{_fmt(run.throughput)} | {run.first_loss:.4f} |")
+                             f"{_fmt(run.throughput)} | {run.first_loss:.4f} | {logps} |")
     return "\n".join(lines)
 
 
@@ -350,10 +481,48 @@ def machine() -> dict:
     }
 
 
-def markdown(results: list[Result], command: str, repeats: int, elapsed: float) -> str:
+def _family(benchmark: str) -> str:
+    return next(f for f, names in FAMILIES.items() if benchmark in names)
+
+
+def prefix_speedups(results: list[Result]) -> dict[str, float]:
+    """posttrain with prefix sharing / posttrain without it (same rows, same rounds), per model size."""
+    by = {(r.benchmark, r.size): r for r in results}
+    return {size: by["dpo-prefix", size].throughput("posttrain") / by["dpo", size].throughput("posttrain")
+            for (name, size) in by if name == "dpo-prefix" and ("dpo", size) in by
+            and by["dpo-prefix", size].runs["posttrain"] and by["dpo", size].runs["posttrain"]}
+
+
+def table_notes(results: list[Result]) -> str:
+    """The footnote of the prefix-sharing row, with posttrain's own prefix-sharing speedup."""
+    if not any(r.benchmark == "dpo-prefix" for r in results):
+        return ""
+    shared = any(r.trl_from for r in results if r.benchmark == "dpo-prefix")
+    speedups = prefix_speedups(results)
+    text = ("[1] TRL has no prefix sharing, so this row's TRL column is TRL's standard DPO with a copy reference"
+            + (" (the very same TRL runs as the \"DPO, copy reference\" row, which ran in the same rounds)"
+               if shared else "") + ": the ratio is what prefix sharing buys over TRL's DPO on these rows.")
+    if speedups:
+        text += (" posttrain with prefix sharing vs posttrain without it (same rows; the first row's "
+                 "posttrain column): " + ", ".join(f"`{MODELS[size]}` **{v:.2f}x**" for size, v in speedups.items())
+                 + ".")
+    return "\n" + text + "\n"
+
+
+def _memory_section(path: str | None) -> str:
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() + "\n"
+    return ("## DPO peak memory\n\nNot included: run `python benchmarks/dpo_memory.py --data long --pairs "
+            f"{BATCH_SIZE} --max_length {MAX_LENGTH} --output benchmarks/dpo_memory.md` before this script.\n")
+
+
+def markdown(results: list[Result], command: str, repeats: int, elapsed: float,
+             memory: str | None = None) -> str:
     info = machine()
-    schedule = "; ".join(sorted({f"`{MODELS[r.size]}`: {r.warmup} warm-up + {r.steps} timed steps"
-                                 for r in results}))
+    family = {"sft": "SFT", "reward": "reward", "dpo": "DPO"}
+    schedule = "; ".join(sorted({f"`{MODELS[r.size]}` {family[_family(r.benchmark)]}: {r.warmup} warm-up + "
+                                 f"{r.steps} timed steps" for r in results}))
     slower = [r for r in results if r.ratio < 1]
     noise = spread(results)
     noise = ("" if noise != noise else f" For scale, the largest round-to-round spread of one library on one "
@@ -362,7 +531,8 @@ def markdown(results: list[Result], command: str, repeats: int, elapsed: float) 
 
 Training throughput of posttrain's trainers and TRL's on the same model, data and settings, measured in
 one process by [`benchmarks/run.py`](benchmarks/run.py) (`make bench`). The ratio is posttrain / TRL:
-above 1 means posttrain is faster.
+above 1 means posttrain is faster. DPO peak memory, measured in separate processes by
+[`benchmarks/dpo_memory.py`](benchmarks/dpo_memory.py), follows the throughput results.
 
 Command (took {elapsed / 60:.1f} min):
 
@@ -377,10 +547,11 @@ Command (took {elapsed / 60:.1f} min):
 ## Results
 
 {table(results)}
-
+{table_notes(results)}
 {len(slower)} of {len(results)} rows have posttrain slower than TRL (ratio < 1).{noise} All runs are listed
 at the end.
 
+{_memory_section(memory)}
 ## Method
 
 - **Same work on both sides.** Each run builds a fresh copy of the same seeded weights
@@ -404,8 +575,38 @@ at the end.
   oversubscribed OpenMP threads can make a step several times slower); all rounds are listed below.
 - **Counting.** Each trainer's `training_step` is wrapped to count what the model is actually fed: SFT
   counts non-pad tokens (the attention mask's sum; for padding-free batches the packed row's length,
-  which has no padding), reward counts preference pairs (half the batch rows: both libraries put the
-  chosen then the rejected sequences in one batch and score them in one forward pass).
+  which has no padding), reward and DPO count preference pairs (half the batch rows: both libraries put the
+  chosen then the rejected sequences in one batch and score them in one forward pass; with prefix sharing
+  one row per pair).
+- **DPO.** Sigmoid loss, beta {DPO_BETA}, no label smoothing, batch {BATCH_SIZE} pairs, `max_length` {MAX_LENGTH},
+  the same learning rate and optimizer as above, no precomputed reference (`precompute_ref_log_probs=False`),
+  padded batches on both sides (TRL {info['trl']}'s DPO `padding_free` is documented as temporarily
+  unavailable, falling back to padding). Data: preference rows with long prompts and shorter answers, the
+  case prefix sharing is for: each prompt strings toy reviews of mixed sentiment together and ends on a
+  review opening (about 150-200 tokens, mean ~175); chosen and rejected continue that opening positively /
+  negatively and add 1-3 further reviews (about 25-70 tokens each with the eos, mean ~48). Every prompt +
+  answer fits `max_length` (the longest is exactly {MAX_LENGTH}), so neither library truncates. Both
+  libraries add the eos to each answer and tokenize the rows to identical prompt/chosen/rejected ids; the
+  same-work check is the first step's mean log-prob of the chosen answers under the policy (both trainers
+  record it as `logps/chosen`), equal on both sides in the table below (at step 1 policy and reference are
+  the same weights, so every DPO loss is log 2 = 0.6931).
+  - *Copy reference:* posttrain `DPOConfig(reference="copy")` (a frozen deep copy of the starting policy);
+    TRL with `ref_model` = a second build of the same seeded weights. TRL's own default (`ref_model=None`
+    without PEFT) re-creates the model from `model.config.name_or_path`, which a tiny in-memory model does
+    not have; an explicit identical copy is the same thing.
+  - *LoRA reference:* both get the same `peft.LoraConfig({", ".join(f"{k}={v!r}" for k, v in LORA.items())})`
+    through `peft_config`; the reference is the same network with the adapter switched off (posttrain
+    `reference="adapter"`, TRL `ref_model=None` with a PEFT model), so no second copy of the weights.
+  - *Prefix sharing:* posttrain `DPOConfig(prefix_sharing=True, reference="copy")` lays each pair out as one
+    row prompt + chosen + rejected, with a 4D attention mask and restarting position ids, so the prompt is
+    computed once for the policy and once for the reference (about 175 + 48 + 48 tokens per pair instead of
+    2 x (175 + 48)). TRL has no such option; see note [1].
+  - *How the log-probs are computed:* TRL {info['trl']} patches a fused LM head onto the model: the backbone runs,
+    then the LM head and log-softmax are applied in chunks without materialising the full logits (on CPU,
+    at every position; its policy pass also computes entropy, mean logit and top-1 metrics). posttrain
+    runs the model's own forward (full `[2B, T, vocab]` logits) and then a chunked log-softmax that keeps only
+    the label log-probs. With these models' 832-token vocabulary the LM head is a small share of the step
+    either way.
 - **Padding-free SFT.** posttrain: `SFTConfig(packing=True)` (its collator concatenates each batch
   into one row with `position_ids` restarting per example). TRL {info['trl']}: `SFTConfig(padding_free=True,
   packing=False)`, the same thing (`packing=True` would instead bin-pack rows into `max_length` blocks,
@@ -414,11 +615,13 @@ at the end.
   FlashAttention; with SDPA (these models' attention, on CPU) transformers derives a block-diagonal causal
   mask from the restarting `position_ids` for both libraries, so no example attends to another. TRL 1.16
   neither warns nor refuses here.
-- **TRL offline.** No workaround needed: TRL accepts the locally built model and tokenizer objects
-  and a `datasets.Dataset` (it rejects plain lists, so both sides get a `Dataset`). `HF_HUB_OFFLINE=1`
+- **TRL offline.** No workaround needed beyond the explicit DPO `ref_model` above: TRL accepts the locally
+  built model and tokenizer objects and a `datasets.Dataset` (it rejects plain lists, so both sides get a
+  `Dataset`). `HF_HUB_OFFLINE=1`
   and `HF_HUB_DISABLE_TELEMETRY=1` are set, so its telemetry ping is skipped.
-- **Not measured:** peak memory (both libraries run in one process, so its peak RSS cannot be split
-  between them).
+- **Peak memory** is not measured by this script (both libraries run in one process, so its peak RSS
+  cannot be split between them); the DPO peak-memory tables above come from `benchmarks/dpo_memory.py`,
+  one fresh process per configuration.
 
 ## All runs
 
@@ -434,11 +637,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="5m,50m", help="Comma-separated model sizes: 5m, 50m.")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"Timed steps per run (default per size: {DEFAULT_STEPS}).")
+                        help=f"Timed steps per run (default per size: {DEFAULT_STEPS}; DPO: {DPO_STEPS}).")
     parser.add_argument("--warmup", type=int, default=None,
-                        help=f"Untimed steps before them, >= 1 (default per size: {DEFAULT_WARMUP}).")
+                        help=f"Untimed steps before them, >= 1 (default per size: {DEFAULT_WARMUP}; DPO: "
+                             f"{DPO_WARMUP}).")
     parser.add_argument("--repeats", type=int, default=2, help="Rounds per library, alternating who goes first.")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"Subset of {','.join(BENCHMARKS)}.")
+    parser.add_argument("--only", default=None,
+                        help=f"Comma-separated families instead of --benchmarks: "
+                             f"{'; '.join(f'{k} = {chr(44).join(v)}' for k, v in FAMILIES.items())}.")
+    parser.add_argument("--memory", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpo_memory.md"),
+                        help="Markdown from `benchmarks/dpo_memory.py --output` to include in the report "
+                             "(default: benchmarks/dpo_memory.md, if present).")
     parser.add_argument("--output", default=None, help="Write the markdown report here (e.g. BENCHMARKS.md).")
     parser.add_argument("--quick", action="store_true",
                         help=f"Smoke run: 5m only, 1 warm-up + {QUICK_STEPS} timed steps, 1 round.")
@@ -447,6 +657,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
         args.sizes, args.steps, args.warmup, args.repeats = "5m", args.steps or QUICK_STEPS, args.warmup or 1, 1
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     names = tuple(b.strip() for b in args.benchmarks.split(",") if b.strip())
+    if args.only:
+        families = [f.strip() for f in args.only.split(",") if f.strip()]
+        bad = [f for f in families if f not in FAMILIES]
+        if bad:
+            parser.error(f"unknown --only family {bad}; families: {list(FAMILIES)}")
+        names = tuple(b for b in BENCHMARKS if any(b in FAMILIES[f] for f in families))
     unknown = [s for s in sizes if s not in MODELS] + [b for b in names if b not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown size/benchmark {unknown}; sizes: {list(MODELS)}, benchmarks: {list(BENCHMARKS)}")
@@ -466,7 +682,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         shown = argv if argv is not None else sys.argv[1:]
         command = " ".join(["python benchmarks/run.py", *(shlex.quote(a) for a in shown)])
         with open(args.output, "w", encoding="utf-8") as f:
-            f.write(markdown(results, command, args.repeats, elapsed))
+            f.write(markdown(results, command, args.repeats, elapsed, args.memory))
         print(f"wrote {args.output}")
     return results
 

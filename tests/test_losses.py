@@ -51,7 +51,8 @@ def test_sft_loss_by_hand():
 def test_token_accuracy_by_hand():
     logits = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])  # predicts 1, 0, (1)
     labels = torch.tensor([[-100, 1, 1]])  # targets at positions 1, 2 are predicted by positions 0, 1
-    assert token_accuracy(logits, labels) == (1, 2)
+    correct, total = token_accuracy(logits, labels)
+    assert (correct.item(), total.item()) == (1, 2)
 
 
 def test_bradley_terry_loss_by_hand():

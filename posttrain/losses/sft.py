@@ -17,8 +17,8 @@ def sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_items: torch.Tensor | 
 
 
 @torch.no_grad()
-def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> tuple[int, int]:
-    """(correct, total) next-token argmax predictions over non-ignored labels."""
+def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, total) next-token argmax predictions over non-ignored labels, as tensors (no device sync)."""
     pred, target = logits[:, :-1].argmax(-1), labels[:, 1:]
     mask = target != ignore_index
-    return int((pred.eq(target) & mask).sum()), int(mask.sum())
+    return (pred.eq(target) & mask).sum(), mask.sum()

@@ -78,9 +78,9 @@ class PostTrainer(transformers.Trainer):
         for key, value in values.items():  # kept as tensors: no device sync until the log step
             self._metrics[mode][key].append(value.detach() if torch.is_tensor(value) else value)
 
-    def count_tokens(self, n: int) -> None:
-        if self.model.training:
-            self._tokens_since_log += int(n)
+    def count_tokens(self, n) -> None:
+        if self.model.training:  # kept as a tensor: no device sync until the log step
+            self._tokens_since_log = self._tokens_since_log + (n.detach() if torch.is_tensor(n) else n)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
@@ -92,7 +92,7 @@ class PostTrainer(transformers.Trainer):
         if mode == "train" and "loss" in logs:
             now = time.perf_counter()
             if self._last_log_time is not None:
-                tokens = torch.tensor(self._tokens_since_log, device=self.args.device)
+                tokens = torch.as_tensor(self._tokens_since_log, device=self.args.device)
                 tokens = self.accelerator.reduce(tokens, reduction="sum").item()
                 logs["tokens_per_second"] = round(tokens / max(now - self._last_log_time, 1e-9), 1)
             self._tokens_since_log, self._last_log_time = 0, now

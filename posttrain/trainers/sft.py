@@ -74,7 +74,7 @@ class SFTTrainer(PostTrainer):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; undo it for a token mean
         correct, total = token_accuracy(outputs.logits, labels)
-        self.record(mean_token_accuracy=correct / max(total, 1))
+        self.record(mean_token_accuracy=correct / total.clamp(min=1))
         mask_or_ids = inputs.get("attention_mask", inputs["input_ids"])
         self.count_tokens(mask_or_ids.sum() if "attention_mask" in inputs else mask_or_ids.numel())
         return (loss, outputs) if return_outputs else loss
