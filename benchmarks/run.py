@@ -517,6 +517,13 @@ def _memory_section(path: str | None) -> str:
             f"{BATCH_SIZE} --max_length {MAX_LENGTH} --output benchmarks/dpo_memory.md` before this script.\n")
 
 
+def _logits_section(path: str = os.path.join(os.path.dirname(__file__), "logits_memory.md")) -> str:
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return "\n" + f.read().strip() + "\n"
+    return "\n## Answer log-probs with a real-size vocabulary\n\nNot included: run `python benchmarks/logits_memory.py --output benchmarks/logits_memory.md` first.\n"
+
+
 def markdown(results: list[Result], command: str, repeats: int, elapsed: float,
              memory: str | None = None) -> str:
     info = machine()
@@ -551,7 +558,7 @@ Command (took {elapsed / 60:.1f} min):
 {len(slower)} of {len(results)} rows have posttrain slower than TRL (ratio < 1).{noise} All runs are listed
 at the end.
 
-{_memory_section(memory)}
+{_memory_section(memory)}{_logits_section()}
 ## Method
 
 - **Same work on both sides.** Each run builds a fresh copy of the same seeded weights

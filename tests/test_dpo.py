@@ -9,7 +9,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from posttrain import DataFormatError, DPOConfig, DPOTrainer, SFTConfig, SFTTrainer, load_model
 from posttrain.data import toy
 from posttrain.data.collate import PreferenceCollator, SharedPrefixCollator
-from posttrain.losses.logprobs import causal_lm_logprobs, shared_prefix_token_logps
+from posttrain.losses.logprobs import shared_prefix_token_logps
 
 
 def config(tmp_path, **kw):
@@ -58,10 +58,11 @@ def test_prefix_sharing_gives_the_unshared_token_logps(arch, tmp_path):
     for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
         model.to(dtype)
         plain = PreferenceCollator(pad)(features)
-        labels = plain["input_ids"].masked_fill(plain["completion_mask"] == 0, -100)
-        with torch.no_grad():
+        with torch.no_grad():  # the unshared reference: full logits, a plain log-softmax
             logits = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
-            unshared, mask = causal_lm_logprobs(logits, labels)
+            unshared = torch.log_softmax(logits[:, :-1].double(), -1).gather(
+                -1, plain["input_ids"][:, 1:, None]).squeeze(-1)
+            mask = plain["completion_mask"][:, 1:].bool()
             shared = shared_prefix_token_logps(model, SharedPrefixCollator(pad)(features))
         for i, f in enumerate(features):
             p, c, r = len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import posttrain.losses.logprobs as logprobs_module
-from posttrain.losses import bradley_terry_loss, causal_lm_logprobs, selective_log_softmax, sft_loss, token_accuracy
+from posttrain.losses import bradley_terry_loss, labelled_logps, selective_log_softmax, sft_loss, token_accuracy
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -28,31 +28,33 @@ def test_selective_log_softmax_matches_log_softmax_and_its_gradient(dtype, monke
     assert grad_ours.dtype == dtype
 
 
-def test_causal_lm_logprobs_shifts_and_masks_by_hand():
-    # vocab of 2, uniform logits except one position: log p = log(1/2) unless said otherwise
-    logits = torch.zeros(1, 3, 2)
-    logits[0, 1] = torch.tensor([0.0, math.log(3.0)])  # p(token 1 | pos 1) = 3/4
-    labels = torch.tensor([[-100, 0, 1]])
-    logps, mask = causal_lm_logprobs(logits, labels)
-    assert mask.tolist() == [[True, True]]
-    assert torch.allclose(logps, torch.tensor([[math.log(0.5), math.log(0.75)]]))
-    labels = torch.tensor([[-100, -100, 1]])
-    logps, mask = causal_lm_logprobs(logits, labels)
-    assert mask.tolist() == [[False, True]] and logps[0, 0] == 0
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_labelled_logps_runs_the_head_only_where_labels_are_and_matches_full_logits(arch):
+    from posttrain import load_model
+    from posttrain.losses.logprobs import takes_logits_to_keep
+
+    model = load_model(f"tiny:{arch}")
+    assert takes_logits_to_keep(model)
+    ids = torch.randint(0, 500, (2, 7))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3:6], labels[1, 6] = ids[0, 3:6], ids[1, 6]  # 4 labelled tokens
+    out = labelled_logps(model, labels, input_ids=ids)
+    assert out.logits.shape[0] == 4  # the output layer ran at 4 positions, not 14
+    assert out.rows.tolist() == [0, 0, 0, 1] and out.positions.tolist() == [2, 3, 4, 5]
+    full = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+    expected = [full[0, 2, ids[0, 3]], full[0, 3, ids[0, 4]], full[0, 4, ids[0, 5]], full[1, 5, ids[1, 6]]]
+    assert torch.allclose(out.logps.double(), torch.stack(expected), atol=1e-5)
 
 
 def test_sft_loss_by_hand():
-    logps = torch.tensor([[-1.0, -2.0], [-3.0, -5.0]])
-    mask = torch.tensor([[1, 1], [1, 0]])
-    assert sft_loss(logps, mask).item() == pytest.approx(2.0)  # (1 + 2 + 3) / 3
-    assert sft_loss(logps, mask, num_items=6).item() == pytest.approx(1.0)  # whole-step normaliser
+    logps = torch.tensor([-1.0, -2.0, -3.0])  # the trainable tokens' log-probs
+    assert sft_loss(logps).item() == pytest.approx(2.0)  # (1 + 2 + 3) / 3
+    assert sft_loss(logps, num_items=6).item() == pytest.approx(1.0)  # whole-step normaliser
 
 
 def test_token_accuracy_by_hand():
-    logits = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])  # predicts 1, 0, (1)
-    labels = torch.tensor([[-100, 1, 1]])  # targets at positions 1, 2 are predicted by positions 0, 1
-    correct, total = token_accuracy(logits, labels)
-    assert (correct.item(), total.item()) == (1, 2)
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # predicts 1, 0, 1
+    assert token_accuracy(logits, torch.tensor([1, 1, 1])).item() == pytest.approx(2 / 3)
 
 
 def test_bradley_terry_loss_by_hand():

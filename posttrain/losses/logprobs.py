@@ -8,6 +8,9 @@ extra memory is one chunk, whatever the logits' dtype.
 
 from __future__ import annotations
 
+import inspect
+from typing import NamedTuple
+
 import torch
 
 IGNORE_INDEX = -100
@@ -55,16 +58,39 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     return _SelectiveLogSoftmax.apply(logits, index)
 
 
-def causal_lm_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift for next-token prediction and return ``(logps, mask)``, both ``[B, T-1]``.
+class LabelledLogps(NamedTuple):
+    """Next-token log-probs at the N positions whose next label is not -100 (row-major order)."""
 
-    ``logps[b, t]`` is log p(labels[b, t+1] | tokens <= t); positions whose label is -100 have
-    ``mask`` 0 and ``logps`` 0.
+    logps: torch.Tensor  # [N] float32 (float64 for float64 models)
+    rows: torch.Tensor  # [N] batch row of each position
+    positions: torch.Tensor  # [N] position t whose logits predict labels[row, t + 1]
+    logits: torch.Tensor  # [N, V] the logits at those positions
+    targets: torch.Tensor  # [N] the predicted labels
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the (possibly DDP- or PEFT-wrapped) model's forward accepts ``logits_to_keep``."""
+    model = getattr(model, "module", model)
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def labelled_logps(model, labels: torch.Tensor, **inputs) -> LabelledLogps:
+    """Run ``model(**inputs)`` and return the log-probs of each labelled next token.
+
+    The output layer runs only at the positions that predict a label (a boolean ``logits_to_keep``
+    mask, which transformers 5 causal LMs accept): prompt and pad positions never get logits, which
+    saves most of the vocabulary projection and its memory when prompts are long or vocabularies big.
     """
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    mask = labels != IGNORE_INDEX
-    logps = selective_log_softmax(logits, labels.masked_fill(~mask, 0))
-    return logps * mask, mask
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    rows, positions = keep.nonzero(as_tuple=True)
+    targets = labels[rows, positions + 1]
+    if takes_logits_to_keep(model):
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    else:  # older or custom models: full logits, then select
+        logits = model(**inputs, use_cache=False).logits[keep]
+    return LabelledLogps(selective_log_softmax(logits, targets), rows, positions, logits, targets)
 
 
 def answer_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,9 +100,10 @@ def answer_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     as ``PreferenceCollator`` and ``UnpairedCollator`` build them. Returns ``(sums, counts)``, ``[N]``.
     """
     labels = batch["input_ids"].masked_fill(~batch["completion_mask"].bool(), IGNORE_INDEX)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logps, mask = causal_lm_logprobs(logits, labels)
-    return logps.sum(-1), mask.sum(-1)
+    out = labelled_logps(model, labels, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    n = labels.shape[0]
+    sums = torch.zeros(n, dtype=out.logps.dtype, device=labels.device).index_add(0, out.rows, out.logps)
+    return sums, torch.bincount(out.rows, minlength=n)
 
 
 def shared_prefix_token_logps(model, batch: dict) -> torch.Tensor:
@@ -90,14 +117,17 @@ def shared_prefix_token_logps(model, batch: dict) -> torch.Tensor:
     """
     input_ids, segments = batch["input_ids"], batch["segment_ids"]  # 0 prompt, 1 chosen, 2 rejected, -1 pad
     mask = _shared_prefix_mask(segments, getattr(model.config, "_attn_implementation", None) or "sdpa")
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"], use_cache=False).logits
+    labels = input_ids.masked_fill(segments <= 0, IGNORE_INDEX)
+    out = labelled_logps(model, labels, input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"])
+    # Where each (row, position) landed among the kept positions, to swap in the right predictor.
+    entry = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
+    entry[out.rows, out.positions] = torch.arange(len(out.rows), device=input_ids.device)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     prompt_last, first_rejected = batch["prompt_lengths"] - 1, batch["first_rejected"]
-    shifted = selective_log_softmax(logits[:, :-1], input_ids[:, 1:])
-    token_logps = torch.cat([torch.zeros_like(shifted[:, :1]), shifted], dim=1)
-    fixed = selective_log_softmax(logits[rows, prompt_last], input_ids[rows, first_rejected])
-    token_logps = token_logps.index_put((rows, first_rejected), fixed)
-    return token_logps * (segments > 0)
+    fixed = selective_log_softmax(out.logits[entry[rows, prompt_last]], input_ids[rows, first_rejected])
+    logps = out.logps.index_put((entry[rows, first_rejected - 1],), fixed)
+    token_logps = torch.zeros(input_ids.shape, dtype=logps.dtype, device=input_ids.device)
+    return token_logps.index_put((out.rows, out.positions + 1), logps)
 
 
 def shared_prefix_pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ..config import PostTrainConfig
 from ..data.collate import SFTCollator
 from ..data.tokenize import tokenize_sft_row
-from ..losses import causal_lm_logprobs, sft_loss, token_accuracy
+from ..losses import labelled_logps, sft_loss, token_accuracy
 from .base import PostTrainer
 
 
@@ -67,14 +67,12 @@ class SFTTrainer(PostTrainer):
         return SFTCollator(tokenizer.pad_token_id, packing=args.packing, pad_to_multiple_of=args.pad_to_multiple_of)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")  # the model would otherwise compute its own full-vocabulary loss
-        outputs = model(**inputs, use_cache=False)
-        logps, mask = causal_lm_logprobs(outputs.logits, labels)
-        loss = sft_loss(logps, mask, num_items_in_batch)
+        labels = inputs.pop("labels")
+        out = labelled_logps(model, labels, **inputs)  # logits only where a label is predicted
+        loss = sft_loss(out.logps, num_items_in_batch)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; undo it for a token mean
-        correct, total = token_accuracy(outputs.logits, labels)
-        self.record(mean_token_accuracy=correct / total.clamp(min=1))
+        self.record(mean_token_accuracy=token_accuracy(out.logits, out.targets))
         mask_or_ids = inputs.get("attention_mask", inputs["input_ids"])
         self.count_tokens(mask_or_ids.sum() if "attention_mask" in inputs else mask_or_ids.numel())
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {}) if return_outputs else loss
