@@ -38,6 +38,7 @@ import logging  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
+import string  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -531,6 +532,11 @@ def markdown(results: list[Result], command: str, repeats: int, elapsed: float,
     schedule = "; ".join(sorted({f"`{MODELS[r.size]}` {family[_family(r.benchmark)]}: {r.warmup} warm-up + "
                                  f"{r.steps} timed steps" for r in results}))
     slower = [r for r in results if r.ratio < 1]
+    with open(os.path.join(os.path.dirname(__file__), "method.md"), encoding="utf-8") as fh:
+        method_section = string.Template(fh.read()).substitute(
+            seed=SEED, tokenizer=TOKENIZER, batch=BATCH_SIZE, max_length=MAX_LENGTH, learning_rate=f"{LEARNING_RATE:g}",
+            schedule=schedule, repeats=repeats, dpo_beta=DPO_BETA, trl=info["trl"],
+            lora=", ".join(f"{k}={v!r}" for k, v in LORA.items()))
     noise = spread(results)
     noise = ("" if noise != noise else f" For scale, the largest round-to-round spread of one library on one "
              f"benchmark in this run was {noise:.1%}.")
@@ -559,77 +565,7 @@ Command (took {elapsed / 60:.1f} min):
 at the end.
 
 {_memory_section(memory)}{_logits_section()}
-## Method
-
-- **Same work on both sides.** Each run builds a fresh copy of the same seeded weights
-  (`load_model(name, task, seed={SEED})`, float32) and its own copy of the offline byte-level BPE
-  tokenizer (`load_tokenizer("{TOKENIZER}")`), and trains on the same rows in the same order (same
-  sampler seed) with the same `TrainingArguments`: batch {BATCH_SIZE}, `max_length` {MAX_LENGTH}, AdamW
-  (`optim="adamw_torch"`), learning rate {LEARNING_RATE:g} constant, gradient clipping 1.0, seed {SEED}, no
-  gradient accumulation, fp32 (TRL's configs default to `bf16=True` and `gradient_checkpointing=True`;
-  both are turned off), no logging, evaluation or saving, `dataloader_num_workers=0`, default torch
-  threads. The first-step losses below are equal on both sides: same weights, same batch, same loss.
-- **Data.** SFT: prompt/completion rows, each completion stringing 3-12 of `posttrain.data.toy`'s
-  reviews together (about 50-240 tokens, mean ~140, so padded batches carry real padding; every row fits
-  `max_length`, so neither library truncates). Loss on completion tokens only (both libraries' default
-  for prompt/completion data). Reward: preference rows whose chosen and rejected answers string 1-5 toy
-  continuations together (about 15-105 tokens per sequence, mean ~55).
-- **Timing.** {schedule}; {repeats} round(s) per library, alternating which library goes
-  first. A `TrainerCallback` stamps the end of every step; a step's time runs from the end of the previous step,
-  so it includes fetching and collating its batch, forward, backward, clipping and the optimizer step.
-  Since step k is the same batch on both sides, throughput = timed units / sum over timed steps of the
-  step's fastest round. This filters out time lost to other processes (the machine is shared and
-  oversubscribed OpenMP threads can make a step several times slower); all rounds are listed below.
-- **Counting.** Each trainer's `training_step` is wrapped to count what the model is actually fed: SFT
-  counts non-pad tokens (the attention mask's sum; for padding-free batches the packed row's length,
-  which has no padding), reward and DPO count preference pairs (half the batch rows: both libraries put the
-  chosen then the rejected sequences in one batch and score them in one forward pass; with prefix sharing
-  one row per pair).
-- **DPO.** Sigmoid loss, beta {DPO_BETA}, no label smoothing, batch {BATCH_SIZE} pairs, `max_length` {MAX_LENGTH},
-  the same learning rate and optimizer as above, no precomputed reference (`precompute_ref_log_probs=False`),
-  padded batches on both sides (TRL {info['trl']}'s DPO `padding_free` is documented as temporarily
-  unavailable, falling back to padding). Data: preference rows with long prompts and shorter answers, the
-  case prefix sharing is for: each prompt strings toy reviews of mixed sentiment together and ends on a
-  review opening (about 150-200 tokens, mean ~175); chosen and rejected continue that opening positively /
-  negatively and add 1-3 further reviews (about 25-70 tokens each with the eos, mean ~48). Every prompt +
-  answer fits `max_length` (the longest is exactly {MAX_LENGTH}), so neither library truncates. Both
-  libraries add the eos to each answer and tokenize the rows to identical prompt/chosen/rejected ids; the
-  same-work check is the first step's mean log-prob of the chosen answers under the policy (both trainers
-  record it as `logps/chosen`), equal on both sides in the table below (at step 1 policy and reference are
-  the same weights, so every DPO loss is log 2 = 0.6931).
-  - *Copy reference:* posttrain `DPOConfig(reference="copy")` (a frozen deep copy of the starting policy);
-    TRL with `ref_model` = a second build of the same seeded weights. TRL's own default (`ref_model=None`
-    without PEFT) re-creates the model from `model.config.name_or_path`, which a tiny in-memory model does
-    not have; an explicit identical copy is the same thing.
-  - *LoRA reference:* both get the same `peft.LoraConfig({", ".join(f"{k}={v!r}" for k, v in LORA.items())})`
-    through `peft_config`; the reference is the same network with the adapter switched off (posttrain
-    `reference="adapter"`, TRL `ref_model=None` with a PEFT model), so no second copy of the weights.
-  - *Prefix sharing:* posttrain `DPOConfig(prefix_sharing=True, reference="copy")` lays each pair out as one
-    row prompt + chosen + rejected, with a 4D attention mask and restarting position ids, so the prompt is
-    computed once for the policy and once for the reference (about 175 + 48 + 48 tokens per pair instead of
-    2 x (175 + 48)). TRL has no such option; see note [1].
-  - *How the log-probs are computed:* TRL {info['trl']} patches a fused LM head onto the model: the backbone runs,
-    then the LM head and log-softmax are applied in chunks without materialising the full logits (on CPU,
-    at every position; its policy pass also computes entropy, mean logit and top-1 metrics). posttrain
-    runs the model's own forward (full `[2B, T, vocab]` logits) and then a chunked log-softmax that keeps only
-    the label log-probs. With these models' 832-token vocabulary the LM head is a small share of the step
-    either way.
-- **Padding-free SFT.** posttrain: `SFTConfig(packing=True)` (its collator concatenates each batch
-  into one row with `position_ids` restarting per example). TRL {info['trl']}: `SFTConfig(padding_free=True,
-  packing=False)`, the same thing (`packing=True` would instead bin-pack rows into `max_length` blocks,
-  changing the batches). TRL refuses a `max_length` in this mode (it would not enforce it), so TRL's side
-  runs with `max_length=None`, harmless since every row already fits. TRL documents padding-free for
-  FlashAttention; with SDPA (these models' attention, on CPU) transformers derives a block-diagonal causal
-  mask from the restarting `position_ids` for both libraries, so no example attends to another. TRL 1.16
-  neither warns nor refuses here.
-- **TRL offline.** No workaround needed beyond the explicit DPO `ref_model` above: TRL accepts the locally
-  built model and tokenizer objects and a `datasets.Dataset` (it rejects plain lists, so both sides get a
-  `Dataset`). `HF_HUB_OFFLINE=1`
-  and `HF_HUB_DISABLE_TELEMETRY=1` are set, so its telemetry ping is skipped.
-- **Peak memory** is not measured by this script (both libraries run in one process, so its peak RSS
-  cannot be split between them); the DPO peak-memory tables above come from `benchmarks/dpo_memory.py`,
-  one fresh process per configuration.
-
+{method_section}
 ## All runs
 
 Throughput of each round on its own (timed units / that round's timed seconds); the table above
