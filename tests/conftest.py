@@ -12,3 +12,16 @@ def tokenizer():
     from posttrain.models.tiny import build_tokenizer
 
     return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from posttrain.models.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def enc(tok):
+    """Token ids of a text without special tokens."""
+    return lambda text: tok(text, add_special_tokens=False)["input_ids"]

@@ -9,26 +9,11 @@ import json
 
 import datasets
 import pytest
-import torch
 
-from data_helpers import (ALL, BAD, CONV, GOOD, EXPLICIT, EXPLICIT_CONV, IMPLICIT, IMPLICIT_CONV, LM, PC, PC_CONV, PREF, SFT,
-                          assistant, chat, expect_error, pref, sft, system, user)
-from posttrain.data import toy
-from posttrain.data.collate import IGNORE_INDEX, PreferenceCollator, SFTCollator
-from posttrain.data.formats import FORMATS, DataFormatError, DatasetFormat, detect_format, load_rows, validate
-from posttrain.data.tokenize import (check_tokenizer, extract_prompt, tokenize_preference_row, tokenize_sft_row,
-                                     truncate)
+from data_helpers import ALL, BAD, GOOD, PREF, SFT, assistant, chat, expect_error, pref, system, user
+from posttrain.data.formats import DatasetFormat, detect_format, load_rows, validate
+from posttrain.data.tokenize import check_tokenizer
 from posttrain.models.tiny import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def enc(tok):
-    return lambda text: tok(text, add_special_tokens=False)["input_ids"]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,37 +3,16 @@ so a shifted mask shows up here."""
 
 from __future__ import annotations
 
-import json
-
-import datasets
 import pytest
-import torch
 
-from data_helpers import (ALL, BAD, CONV, GOOD, EXPLICIT, EXPLICIT_CONV, IMPLICIT, IMPLICIT_CONV, LM, PC, PC_CONV, PREF, SFT,
-                          assistant, chat, expect_error, pref, sft, system, user)
-from posttrain.data import toy
-from posttrain.data.collate import IGNORE_INDEX, PreferenceCollator, SFTCollator
-from posttrain.data.formats import FORMATS, DataFormatError, DatasetFormat, detect_format, load_rows, validate
-from posttrain.data.tokenize import (check_tokenizer, extract_prompt, tokenize_preference_row, tokenize_sft_row,
-                                     truncate)
-from posttrain.models.tiny import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def enc(tok):
-    return lambda text: tok(text, add_special_tokens=False)["input_ids"]
+from data_helpers import (BAD, CONV, GOOD, EXPLICIT, EXPLICIT_CONV, IMPLICIT, IMPLICIT_CONV, LM, PC,
+                          PC_CONV, SFT, assistant, chat, expect_error, pref, sft, system, user)
+from posttrain.data.tokenize import extract_prompt, truncate
 
 
 # ---------------------------------------------------------------------------------------------------
 # 4. SFT tokenization
 # ---------------------------------------------------------------------------------------------------
-
-
 
 def test_sft_language_modeling(tok, enc):
     out = sft(tok, {"text": "The film was great fun."}, LM)
@@ -164,8 +143,6 @@ def test_extract_prompt_conversational():
     long = [user("Q"), assistant("A"), user("Q2"), assistant("A2")]
     assert extract_prompt(long[:2], long) == ([user("Q")], [assistant("A")], long[1:])
     assert extract_prompt([user("x")] + GOOD, [user("y")] + BAD) == ([], [user("x")] + GOOD, [user("y")] + BAD)
-
-
 
 
 def test_preference_explicit_plain(tok, enc):
