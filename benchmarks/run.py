@@ -510,19 +510,12 @@ def table_notes(results: list[Result]) -> str:
     return "\n" + text + "\n"
 
 
-def _memory_section(path: str | None) -> str:
+def _included_section(path: str | None, title: str, command: str) -> str:
+    """A markdown section another benchmark script wrote, or a line saying how to produce it."""
     if path and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            return f.read().strip() + "\n"
-    return ("## DPO peak memory\n\nNot included: run `python benchmarks/dpo_memory.py --data long --pairs "
-            f"{BATCH_SIZE} --max_length {MAX_LENGTH} --output benchmarks/dpo_memory.md` before this script.\n")
-
-
-def _logits_section(path: str = os.path.join(os.path.dirname(__file__), "logits_memory.md")) -> str:
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
             return "\n" + f.read().strip() + "\n"
-    return "\n## Answer log-probs with a real-size vocabulary\n\nNot included: run `python benchmarks/logits_memory.py --output benchmarks/logits_memory.md` first.\n"
+    return f"\n## {title}\n\nNot included: run `{command}` before this script.\n"
 
 
 def markdown(results: list[Result], command: str, repeats: int, elapsed: float,
@@ -564,7 +557,10 @@ Command (took {elapsed / 60:.1f} min):
 {len(slower)} of {len(results)} rows have posttrain slower than TRL (ratio < 1).{noise} All runs are listed
 at the end.
 
-{_memory_section(memory)}{_logits_section()}
+{_included_section(memory, "DPO peak memory", "python benchmarks/dpo_memory.py --data long --pairs "
+                   f"{BATCH_SIZE} --max_length {MAX_LENGTH} --output benchmarks/dpo_memory.md")}{_included_section(
+    os.path.join(os.path.dirname(__file__), "logits_memory.md"), "Answer log-probs with a real-size vocabulary",
+    "python benchmarks/logits_memory.py --output benchmarks/logits_memory.md")}
 {method_section}
 ## All runs
 
