@@ -6,7 +6,11 @@ __version__ = "0.1.0"
 from .config import DataArguments, ModelArguments
 from .data.formats import DataFormatError
 from .models.loading import load_model, load_tokenizer
-from .trainers import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from .models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
+from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RewardConfig,
+                       RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
-__all__ = ["DPOConfig", "DPOTrainer", "DataArguments", "DataFormatError", "ModelArguments", "RewardConfig", "RewardTrainer", "SFTConfig",
-           "SFTTrainer", "load_model", "load_tokenizer"]
+__all__ = ["AutoModelForCausalLMWithValueHead", "AutoModelForSeq2SeqLMWithValueHead", "DPOConfig", "DPOTrainer",
+           "DataArguments", "DataFormatError", "GRPOConfig", "GRPOTrainer", "ModelArguments", "PPOConfig",
+           "PPOTrainer", "RLOOConfig", "RLOOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer",
+           "load_model", "load_tokenizer"]

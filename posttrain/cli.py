@@ -7,13 +7,16 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import yaml
 from transformers import HfArgumentParser
 
 from .config import DataArguments, ModelArguments
+from .rewards import BUILTIN_REWARDS
 from .data.formats import DataFormatError, load_rows
-from .trainers import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RewardConfig,
+                       RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
 COMMANDS = {
     "sft": (SFTTrainer, SFTConfig, "causal-lm", "Supervised fine-tuning on text, prompt/completion or messages."),
@@ -22,12 +25,29 @@ COMMANDS = {
             "(DPO, cDPO, robust, IPO, hinge, SimPO, ORPO: --loss_type)."),
     "kto": (DPOTrainer, DPOConfig, "causal-lm", "KTO on unpaired prompt/completion/label rows "
             "(posttrain dpo --loss_type kto)."),
+    "ppo": (PPOTrainer, PPOConfig, "causal-lm", "PPO with a value head and a KL penalty, on prompts, "
+            "against --reward."),
+    "grpo": (GRPOTrainer, GRPOConfig, "causal-lm", "GRPO: G samples per prompt, group-normalised advantages."),
+    "rloo": (RLOOTrainer, RLOOConfig, "causal-lm", "RLOO: G samples per prompt, leave-one-out baselines."),
 }
+ONLINE = ("ppo", "grpo", "rloo")
+
+
+@dataclass
+class RewardArguments:
+    """What scores the completions of online training."""
+
+    reward: list[str] = field(default_factory=list, metadata={
+        "help": "One or more rewards: a built-in (" + "; ".join(f"{k}: {v}" for k, v in BUILTIN_REWARDS.items())
+                + "), a 'package.module:function', or a reward-model directory (e.g. saved by posttrain reward)."})
+    reward_weights: list[float] = field(default_factory=list, metadata={
+        "help": "A weight per --reward (default: 1 each); the reward is their weighted sum."})
 
 
 def _parse(command: str, argv: list[str]):
     config_cls = COMMANDS[command][1]
-    parser = HfArgumentParser((ModelArguments, DataArguments, config_cls), prog=f"posttrain {command}",
+    classes = (ModelArguments, DataArguments, config_cls) + ((RewardArguments,) if command in ONLINE else ())
+    parser = HfArgumentParser(classes, prog=f"posttrain {command}",
                               description=COMMANDS[command][3])
     parser.add_argument("--config", default=None, help="YAML file whose keys are any of these flags' names.")
     if command == "kto":
@@ -43,7 +63,12 @@ def _parse(command: str, argv: list[str]):
                          f"'posttrain {command} --help'.")
         parser.set_defaults(**values)
     *parsed, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    model_args, data_args, config = parsed[:3]  # parsed[3], if present, is the namespace holding --config
+    model_args, data_args, config = parsed[:3]  # then RewardArguments (online), then the --config namespace
+    if command in ONLINE:
+        config.reward_args = parsed[3]
+        if not config.reward_args.reward:
+            parser.error("--reward is required: " + ", ".join(BUILTIN_REWARDS) + ", a module:function, or a "
+                         "reward-model directory.")
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not data_args.dataset:
@@ -69,6 +94,8 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
 
     trainer_cls, _, task, _ = COMMANDS[command]
     train_rows, eval_rows = _split(data_args, config.seed)
+    if command in ONLINE:
+        return run_online(command, model_args, data_args, config, train_rows, eval_rows)
     if eval_rows is not None and config.eval_strategy == "no":
         config.eval_strategy = "steps"
         config.eval_steps = config.eval_steps or config.logging_steps
@@ -89,7 +116,42 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
     return trainer
 
 
+def run_online(command: str, model_args: ModelArguments, data_args: DataArguments, config, train_rows, eval_rows):
+    """PPO / GRPO / RLOO on prompt rows against --reward; evaluates on held-out prompts before and after."""
+    from .models.loading import is_encoder_decoder, load_model
+
+    trainer_cls = COMMANDS[command][0]
+    task = "seq2seq" if is_encoder_decoder(model_args.model) else "causal-lm"
+    model = load_model(model_args.model, task, dtype=model_args.dtype, seed=config.seed)
+    model.config.name_or_path = model_args.model
+    rewards = config.reward_args
+    trainer = trainer_cls(model, config, train_dataset=train_rows, reward_funcs=rewards.reward,
+                          reward_weights=rewards.reward_weights or None,
+                          peft_config=model_args.peft_config("SEQ_2_SEQ_LM" if task == "seq2seq" else "CAUSAL_LM"))
+    trainer.dataset_name = data_args.dataset
+    trainer.eval_before = trainer.evaluate(eval_rows) if eval_rows is not None else {}
+    trainer.train()
+    trainer.eval_after = trainer.evaluate(eval_rows) if eval_rows is not None else {}
+    trainer.save_model(config.output_dir)
+    return trainer
+
+
+def online_summary(command: str, trainer, seconds: float) -> str:
+    history = trainer.log_history
+    parts = [f"posttrain {command}: saved to {trainer.args.output_dir}", f"{trainer.step_count} steps",
+             f"{seconds:.1f}s"]
+    for key in ("reward", "kl"):
+        values = [e[key] for e in history if key in e]
+        if values:
+            parts.append(f"{key} {values[0]:.4f} -> {values[-1]:.4f}")
+    for key, before in trainer.eval_before.items():
+        parts.append(f"{key} {before:.4f} -> {trainer.eval_after[key]:.4f}")
+    return " | ".join(parts)
+
+
 def summary(command: str, trainer, seconds: float) -> str:
+    if command in ONLINE:
+        return online_summary(command, trainer, seconds)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     parts = [f"posttrain {command}: saved to {trainer.args.output_dir}", f"{trainer.state.global_step} steps",
              f"{seconds:.1f}s"]
@@ -122,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         model_args, data_args, config = _parse(command, rest)
         start = time.perf_counter()
         trainer = run_training(command, model_args, data_args, config)
-        if trainer.args.should_save:
+        if trainer.accelerator.is_main_process:
             print(summary(command, trainer, time.perf_counter() - start))
     except DataFormatError as err:
         print(f"posttrain {command}: bad input: {err}", file=sys.stderr)

@@ -182,3 +182,15 @@ def tokenize_unpaired_row(row: dict, index: int, tokenizer, fmt, max_length: int
     prompt_ids, (completion_ids,) = fit_prompt_and_answers(prompt_ids, [completion_ids], max_length,
                                                            max_prompt_length, index)
     return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "label": bool(row["label"])}
+
+
+def tokenize_prompt(tokenizer, prompt, max_prompt_length: int | None = None) -> list[int]:
+    """A prompt's ids as training saw them before the completion: a plain string with the tokenizer's
+    special tokens, or messages rendered by the chat template up to the assistant's turn. Too-long
+    prompts keep their end (``max_prompt_length``)."""
+    if isinstance(prompt, list):
+        ids, _ = tokenize_segments(tokenizer, [(_template(tokenizer, prompt, add_generation_prompt=True), False)],
+                                   plain_text=False)
+    else:
+        ids, _ = tokenize_segments(tokenizer, [(prompt, False)], plain_text=True)
+    return ids[-max_prompt_length:] if max_prompt_length else ids

@@ -86,3 +86,40 @@ def conversations(n: int, seed: int = 0) -> list[dict]:
             {"role": "assistant", "content": (opening + rest).strip()},
         ]})
     return rows
+
+
+# ---- task data for online RL ------------------------------------------------------------------------
+ARITHMETIC_OPS = "+-*"
+
+
+def arithmetic_problems(n: int, seed: int = 0, max_operand: int = 20, ops: str = "+-") -> list[dict]:
+    """``{"prompt", "answer"}`` rows of one-operation integer arithmetic, e.g. ``{"prompt": "7+12=",
+    "answer": "19"}``, for the ``arithmetic`` reward.
+
+    Format: the two operands and the operator with no spaces, then ``=``; the answer is the result as
+    a decimal string. No spaces means the byte-level tokenizer gives one token per digit and sign, so
+    a tiny model sees the same digit tokens in prompts and answers. Operands are drawn from
+    ``0..max_operand``; for ``-`` the larger operand comes first, so answers are never negative.
+    ``ops`` is any non-empty subset of ``+-*``.
+    """
+    if not ops or any(op not in ARITHMETIC_OPS for op in ops):
+        raise ValueError(f"ops must be a non-empty string of {ARITHMETIC_OPS!r} characters, got {ops!r}.")
+    if max_operand < 1:
+        raise ValueError(f"max_operand must be at least 1, got {max_operand}.")
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        op = rng.choice(ops)
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        if op == "-" and b > a:
+            a, b = b, a
+        result = a + b if op == "+" else a - b if op == "-" else a * b
+        rows.append({"prompt": f"{a}{op}{b}=", "answer": str(result)})
+    return rows
+
+
+def review_prompts(n: int, seed: int = 0) -> list[dict]:
+    """Prompt-only rows ``{"prompt"}``: review openings (no continuation) for sentiment PPO, where the
+    policy learns to continue them positively."""
+    rng = random.Random(seed)
+    return [{"prompt": rng.choice(OPENINGS).format(s=rng.choice(SUBJECTS))} for _ in range(n)]

@@ -64,3 +64,15 @@ def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dt
         # Sequence classifiers find the last real token through pad_token_id; borrow eos.
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def is_encoder_decoder(model) -> bool:
+    """Whether a model (or a ``tiny:`` name, hub name or directory) is encoder-decoder, like T5."""
+    if not isinstance(model, str):
+        model = getattr(model, "module", model)
+        return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    if model.startswith("tiny:"):
+        from .tiny import parse_tiny_name
+
+        return parse_tiny_name(model)[0] == "t5"
+    return bool(getattr(transformers.AutoConfig.from_pretrained(model), "is_encoder_decoder", False))

@@ -1,5 +1,9 @@
 from .dpo import DPOConfig, DPOTrainer
+from .group import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from .online_config import OnlineConfig
+from .ppo import PPOConfig, PPOTrainer
 from .reward import RewardConfig, RewardTrainer
 from .sft import SFTConfig, SFTTrainer
 
-__all__ = ["DPOConfig", "DPOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer"]
+__all__ = ["DPOConfig", "DPOTrainer", "GRPOConfig", "GRPOTrainer", "OnlineConfig", "PPOConfig", "PPOTrainer",
+           "RLOOConfig", "RLOOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer"]

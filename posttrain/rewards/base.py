@@ -1,0 +1,223 @@
+"""Reward functions for online RL (PPO, GRPO, RLOO): the contract, a weighted set of them, and specs.
+
+A reward function is ``fn(prompts, completions, **columns) -> list[float | None]``:
+
+- ``prompts``: the dataset's prompt values (a string, or a list of chat messages);
+- ``completions``: the decoded completion texts;
+- ``columns``: ``completion_ids`` (list of token-id lists) and every other dataset column as a list
+  (e.g. ``answer``). Functions must accept ``**kwargs`` they do not use.
+
+``None`` means "this function does not apply to that sample". Its readable name (``__name__``, or
+the class name) is what logs and error messages show.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+
+class RewardError(RuntimeError):
+    """A reward function failed or returned something unusable; the message names it and the sample."""
+
+
+def reward_name(fn) -> str:
+    """The readable name of a reward function (``__name__``, else its class name)."""
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class RewardResult:
+    """``rewards`` [B] float32: weighted sum over functions (None counts 0; NaN where every function
+    returned None); ``valid`` [B] bool: False exactly where ``rewards`` is NaN; ``per_function``:
+    name -> [B] float32 raw (unweighted) values, NaN for None; ``num_dropped``: count of invalid samples."""
+
+    rewards: torch.Tensor
+    valid: torch.Tensor
+    per_function: dict[str, torch.Tensor] = field(default_factory=dict)
+    num_dropped: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        """Means for logging: ``reward``, ``reward_std`` over valid samples, and ``rewards/<name>`` (NaN skipped)."""
+        out = {}
+        valid = self.rewards[self.valid]
+        if valid.numel():
+            out["reward"] = valid.mean().item()
+            out["reward_std"] = valid.std().item() if valid.numel() > 1 else 0.0
+        for name, values in self.per_function.items():
+            present = values[~values.isnan()]
+            if present.numel():
+                out[f"rewards/{name}"] = present.mean().item()
+        return out
+
+
+class RewardSet:
+    """Several reward functions with weights: ``RewardSet([fn_a, fn_b], weights=[1.0, 0.5])``.
+
+    ``funcs`` may be callables or spec strings (see :func:`resolve_reward`); a single one is allowed.
+    Calling the set returns a :class:`RewardResult`; each function's output is checked (length,
+    numbers, finite), and a function that raises is re-run sample by sample so the error names the
+    sample that fails.
+    """
+
+    def __init__(self, funcs, weights=None, names=None):
+        if callable(funcs) or isinstance(funcs, str):
+            funcs = [funcs]
+        funcs = [resolve_reward(f) for f in funcs]
+        if not funcs:
+            raise ValueError("RewardSet needs at least one reward function.")
+        if weights is None:
+            weights = [1.0] * len(funcs)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(funcs):
+            raise ValueError(f"Got {len(weights)} reward weights for {len(funcs)} reward functions; "
+                             "give one weight per function.")
+        if not all(math.isfinite(w) for w in weights):
+            raise ValueError(f"Reward weights must be finite numbers, got {weights}.")
+        if names is None:
+            names = [reward_name(f) for f in funcs]
+        if len(names) != len(funcs):
+            raise ValueError(f"Got {len(names)} reward names for {len(funcs)} reward functions.")
+        unique, seen = [], {}
+        for name in names:  # the same built-in twice (e.g. two regexes) still logs separately
+            seen[name] = seen.get(name, 0) + 1
+            unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+        self.funcs, self.weights, self.names = funcs, weights, unique
+
+    def __len__(self) -> int:
+        return len(self.funcs)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n}*{w:g}" for n, w in zip(self.names, self.weights))
+        return f"RewardSet({parts})"
+
+    def __call__(self, prompts, completions, **columns) -> RewardResult:
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(f"Got {len(prompts)} prompts for {n} completions; give one prompt per completion.")
+        for key, values in columns.items():
+            if len(values) != n:
+                raise ValueError(f"Column {key!r} has {len(values)} values for {n} completions.")
+        total, present = torch.zeros(n, dtype=torch.float32), torch.zeros(n, dtype=torch.bool)
+        per_function = {}
+        for fn, weight, name in zip(self.funcs, self.weights, self.names):
+            values = self._run(fn, name, prompts, completions, columns)
+            tensor = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
+            per_function[name] = tensor
+            mask = ~tensor.isnan()
+            present |= mask
+            total += weight * torch.where(mask, tensor, torch.zeros_like(tensor))
+        total[~present] = math.nan
+        return RewardResult(total, present, per_function, int((~present).sum()))
+
+    @staticmethod
+    def _run(fn, name, prompts, completions, columns) -> list[float | None]:
+        n = len(completions)
+        try:
+            out = fn(prompts, completions, **columns)
+        except Exception as err:
+            _raise_for_sample(fn, name, prompts, completions, columns, err)
+        if torch.is_tensor(out):
+            out = out.tolist()
+        if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+            raise RewardError(f"Reward function {name!r} returned {type(out).__name__}, not a list of floats "
+                              f"(one per completion; None where it does not apply).")
+        if len(out) != n:
+            raise RewardError(f"Reward function {name!r} returned {len(out)} values for {n} completions; "
+                              "it must return exactly one value (or None) per completion.")
+        values = []
+        for i, v in enumerate(out):
+            if torch.is_tensor(v) and v.numel() == 1:
+                v = v.item()
+            if v is not None and not isinstance(v, numbers.Real):
+                raise RewardError(f"Reward function {name!r} returned {_short(v)} (a {type(v).__name__}) for "
+                                  f"sample {i}; return a float, or None where it does not apply.")
+            if v is not None and not math.isfinite(float(v)):
+                raise RewardError(f"Reward function {name!r} returned {v} for sample {i} (completion "
+                                  f"{_short(completions[i])}); rewards must be finite. Return None to skip a sample.")
+            values.append(None if v is None else float(v))
+        return values
+
+
+def _raise_for_sample(fn, name, prompts, completions, columns, err):
+    """Re-run ``fn`` one sample at a time to find which one fails, then raise a RewardError about it."""
+    for i in range(len(completions)):
+        try:
+            fn([prompts[i]], [completions[i]], **{k: [v[i]] for k, v in columns.items()})
+        except Exception as sample_err:
+            raise RewardError(
+                f"Reward function {name!r} raised on sample {i} (prompt={_short(prompts[i])}, completion="
+                f"{_short(completions[i])}): {type(sample_err).__name__}: {sample_err}") from err
+    raise RewardError(f"Reward function {name!r} raised on the batch of {len(completions)} samples but on no single "
+                      f"sample alone: {type(err).__name__}: {err}") from err
+
+
+# ---- specs -----------------------------------------------------------------------------------------
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def _spec_forms() -> str:
+    from .builtin import BUILTIN_REWARDS
+
+    names = ", ".join(BUILTIN_REWARDS)
+    return (f"a built-in ({names}; an argument after ':', e.g. 'length:20'), an import path "
+            "'package.module:function', or a reward-model directory containing config.json")
+
+
+def resolve_reward(spec):
+    """A reward function from a spec: a callable (returned as is), a built-in name with an optional
+    argument after ':' (``sentiment``, ``length:20``, ``regex:^\\d+``, ``arithmetic``), an import
+    path ``package.module:function``, or a directory with ``config.json`` (a reward model, scored by
+    :class:`~posttrain.rewards.model.RewardModelScorer`)."""
+    if callable(spec):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ValueError(f"A reward must be a callable or a spec string, got {type(spec).__name__}; "
+                         f"valid specs: {_spec_forms()}.")
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        if not os.path.isfile(os.path.join(spec, "config.json")):
+            raise ValueError(f"Reward directory {spec!r} has no config.json; give a directory saved with "
+                             "save_pretrained (e.g. by `posttrain reward`).")
+        from .model import RewardModelScorer
+
+        return RewardModelScorer(spec)
+    from .builtin import make_builtin
+
+    name, has_arg, arg = spec.partition(":")
+    builtin = make_builtin(name, arg if has_arg else None)
+    if builtin is not None:
+        return builtin
+    if _IMPORT_PATH.match(spec):
+        return _import_reward(spec)
+    raise ValueError(f"Unknown reward {spec!r}. Valid forms: {_spec_forms()}.")
+
+
+def _import_reward(spec: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            raise ValueError(f"Reward {spec!r}: no module named {err.name!r}. Check the spelling and that the "
+                             "module is importable (installed, or its folder on PYTHONPATH).") from err
+        raise ValueError(f"Reward {spec!r}: importing {module_name!r} failed: {err}") from err
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"Reward {spec!r}: module {module_name!r} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"Reward {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable.")
+    return obj

@@ -1,0 +1,130 @@
+"""Built-in reward functions: sentiment (VADER), length, regex, arithmetic.
+
+Each follows the contract in :mod:`posttrain.rewards.base`: ``fn(prompts, completions, **columns)``
+returns one float (or None) per completion.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ANALYZER = None  # VADER's analyzer loads a lexicon from disk: build it once, on first use
+
+
+def _analyzer():
+    global _ANALYZER
+    if _ANALYZER is None:
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError as err:
+            raise ImportError("The 'sentiment' reward needs the vaderSentiment package: "
+                              "pip install vaderSentiment==3.3.2") from err
+        _ANALYZER = SentimentIntensityAnalyzer()
+    return _ANALYZER
+
+
+def sentiment(prompts, completions, **kwargs) -> list[float]:
+    """VADER compound sentiment of each completion, in [-1, 1] (positive text scores > 0)."""
+    analyzer = _analyzer()
+    return [float(analyzer.polarity_scores(text)["compound"]) for text in completions]
+
+
+class length:
+    """``length(target)``: ``max(0, 1 - |n_tokens - target| / target)`` with n_tokens from the
+    ``completion_ids`` column (so 1.0 at exactly ``target`` tokens, 0 at 0 or 2x ``target``)."""
+
+    __name__ = "length"
+
+    def __init__(self, target: int):
+        if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
+            raise ValueError(f"length(target): target must be a positive number of tokens, got {target!r}.")
+        self.target = target
+
+    def __repr__(self) -> str:
+        return f"length({self.target})"
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        if completion_ids is None:
+            raise ValueError("The 'length' reward counts tokens in the 'completion_ids' column, which was not "
+                             "given; pass completion_ids=[[token ids], ...] (the online trainers do).")
+        t = self.target
+        return [max(0.0, 1.0 - abs(len(ids) - t) / t) for ids in completion_ids]
+
+
+class regex:
+    """``regex(pattern)``: 1.0 if ``re.search(pattern, completion)`` matches, else 0.0."""
+
+    __name__ = "regex"
+
+    def __init__(self, pattern: str, flags: int = 0):
+        try:
+            self.pattern = re.compile(pattern, flags)
+        except re.error as err:
+            raise ValueError(f"regex reward: invalid pattern {pattern!r}: {err}") from err
+
+    def __repr__(self) -> str:
+        return f"regex({self.pattern.pattern!r})"
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        return [1.0 if self.pattern.search(text) else 0.0 for text in completions]
+
+
+_INTEGER = re.compile(r"-?\d+")
+
+
+def _parse_answer(value, index: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"arithmetic reward: sample {index}'s 'answer' is a bool ({value}); give an integer.")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"arithmetic reward: sample {index}'s 'answer' {value!r} is not an integer.") from None
+
+
+def arithmetic(prompts, completions, answer=None, **kwargs) -> list[float | None]:
+    """Exact match: 1.0 if the first integer in the completion (a leading '-' counts) equals the
+    ``answer`` column (an int or a string), else 0.0; a completion without a number scores 0.
+    Samples whose answer is None get None (the function does not apply)."""
+    if answer is None:
+        raise ValueError("The 'arithmetic' reward compares completions with an 'answer' column, and the dataset "
+                         "has none. Add an 'answer' column holding each prompt's integer result "
+                         "(e.g. posttrain.data.toy.arithmetic_problems).")
+    out = []
+    for i, (text, expected) in enumerate(zip(completions, answer)):
+        if expected is None:
+            out.append(None)
+            continue
+        target = _parse_answer(expected, i)
+        found = _INTEGER.search(text)
+        out.append(1.0 if found is not None and int(found.group()) == target else 0.0)
+    return out
+
+
+# name -> one-line help (the CLI prints this table)
+BUILTIN_REWARDS = {
+    "sentiment": "VADER compound sentiment of the completion, in [-1, 1] (needs vaderSentiment).",
+    "length": "length:N -- 1 - |completion tokens - N| / N, clipped at 0.",
+    "regex": "regex:PATTERN -- 1 if the completion matches PATTERN (re.search), else 0.",
+    "arithmetic": "1 if the first integer in the completion equals the 'answer' column, else 0.",
+}
+
+
+def make_builtin(name: str, arg: str | None):
+    """The built-in reward ``name`` built with ``arg`` (the text after ':'), or None if ``name`` is not one."""
+    if name not in BUILTIN_REWARDS:
+        return None
+    if name in ("sentiment", "arithmetic"):
+        if arg is not None:
+            raise ValueError(f"The {name!r} reward takes no argument; use {name!r}, not {name + ':' + arg!r}.")
+        return sentiment if name == "sentiment" else arithmetic
+    if not arg:
+        raise ValueError(f"The {name!r} reward needs an argument: {BUILTIN_REWARDS[name].split(' -- ')[0]}.")
+    if name == "length":
+        try:
+            target = int(arg)
+        except ValueError:
+            raise ValueError(f"length:N needs an integer number of tokens, got {arg!r}.") from None
+        return length(target)
+    return regex(arg)

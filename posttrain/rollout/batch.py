@@ -1,0 +1,110 @@
+"""A batch of sampled episodes, as token ids: what every online trainer consumes.
+
+Layout, for a causal model: ``[prompt (left-padded) | completion (right-padded)]``. Left padding is
+handled here once -- position ids restart at each row's first real token -- so no trainer has to
+think about it. Seq2seq models take the prompt as encoder input and the completion as decoder labels.
+
+Two masks over the completion: ``completion_attention`` (1 on every real token the model sees:
+generated text, and tool output in a TextEnvironment) and ``completion_mask`` (1 on the tokens the
+policy generated, which alone carry policy loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..data.collate import pad
+from ..models.loading import is_encoder_decoder
+from ..losses.logprobs import selective_log_softmax
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_attention: torch.Tensor  # [B, P] 1 on real prompt tokens
+    completion_ids: torch.Tensor  # [B, C] right-padded
+    completion_attention: torch.Tensor  # [B, C] 1 on real completion tokens (generated or inserted)
+    completion_mask: torch.Tensor  # [B, C] 1 on tokens the policy generated (the loss's tokens)
+    logprobs: torch.Tensor | None = None  # [B, C] the policy's log-probs at sampling time (0 off-mask)
+    prompts: list = field(default_factory=list)  # the dataset's prompt values (text or messages)
+    columns: dict = field(default_factory=dict)  # other dataset columns, a list per column (for rewards)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def select(self, index) -> "Rollout":
+        """The rows ``index`` (a list or tensor of row numbers, or a boolean mask)."""
+        index = torch.as_tensor(index, device=self.completion_ids.device)
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(-1)
+        rows = index.tolist()
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return replace(self, prompt_ids=self.prompt_ids[index], prompt_attention=self.prompt_attention[index],
+                       completion_ids=self.completion_ids[index],
+                       completion_attention=self.completion_attention[index],
+                       completion_mask=self.completion_mask[index], logprobs=pick(self.logprobs),
+                       prompts=[self.prompts[i] for i in rows] if self.prompts else [],
+                       columns={k: [v[i] for i in rows] for k, v in self.columns.items()})
+
+    def completion_lists(self) -> list[list[int]]:
+        """Each row's completion ids without padding (generated and inserted tokens)."""
+        return [ids[att.bool()].tolist() for ids, att in zip(self.completion_ids, self.completion_attention)]
+
+
+def pad_with_attention(sequences: list[list[int]], pad_id: int, side: str = "right",
+                       device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ``(ids, attention)`` for id lists; ``side`` is where the padding goes."""
+    sequences = [list(map(int, s)) for s in sequences]
+    ids = pad(sequences, pad_id, side)
+    attention = pad([[1] * len(s) for s in sequences], 0, side)
+    return ids.to(device), attention.to(device)
+
+
+def model_inputs(model, rollout: Rollout) -> dict:
+    """Forward inputs whose outputs at the returned positions predict each completion token."""
+    if is_encoder_decoder(model):
+        config = getattr(model, "module", model).config
+        start = torch.full_like(rollout.completion_ids[:, :1], config.decoder_start_token_id)
+        decoder_ids = torch.cat([start, rollout.completion_ids[:, :-1]], dim=1)
+        decoder_attention = torch.cat([torch.ones_like(start), rollout.completion_attention[:, :-1]], dim=1)
+        return {"input_ids": rollout.prompt_ids, "attention_mask": rollout.prompt_attention,
+                "decoder_input_ids": decoder_ids, "decoder_attention_mask": decoder_attention}
+    attention = torch.cat([rollout.prompt_attention, rollout.completion_attention], dim=1)
+    position_ids = (attention.cumsum(1) - 1).clamp(min=0)
+    return {"input_ids": torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1),
+            "attention_mask": attention, "position_ids": position_ids}
+
+
+def _values(out):
+    """A value head's per-token values from a model output (None for a plain language model).
+    (``ModelOutput`` is a dict, so ``out.values`` would be the dict method.)"""
+    if isinstance(out, dict):
+        return out.get("value", out.get("values"))
+    return getattr(out, "value", getattr(out, "values", None))
+
+
+def forward_completion(model, rollout: Rollout, temperature: float = 1.0, with_values: bool = False):
+    """``(logps, values)`` of each completion token, ``[B, C]`` each (values None without a value head).
+
+    Log-probs are those of the sampling distribution (logits / temperature), in float32. A causal
+    model runs its output layer only over the completion (``logits_to_keep``); values come from the
+    same forward pass when the model has a value head.
+    """
+    inputs = model_inputs(model, rollout)
+    width = rollout.completion_ids.shape[1]
+    if is_encoder_decoder(model):
+        out = model(**inputs, use_cache=False)
+        logits, values = out.logits, _values(out)
+    else:
+        out = model(**inputs, logits_to_keep=width + 1, use_cache=False)
+        logits, values = out.logits[:, :-1], _values(out)
+        values = None if values is None else values[:, -width - 1:-1]
+    if temperature != 1.0:
+        logits = logits / temperature
+    logps = selective_log_softmax(logits, rollout.completion_ids) * rollout.completion_attention
+    if with_values and values is None:
+        raise ValueError("This trainer needs a value head on the policy: wrap it with "
+                         "AutoModelForCausalLMWithValueHead (or the seq2seq one).")
+    return logps, (values.float() if with_values else None)

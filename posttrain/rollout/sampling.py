@@ -1,0 +1,103 @@
+"""Sampling completions for a batch of prompts: the rollout source every online trainer shares.
+
+``PolicySampler`` turns prompt ids into a ``Rollout``: batched generation with a KV cache
+(transformers ``generate``), completions cut at eos or a stop string, and the policy's log-probs of
+what it sampled. Token-in/token-out: prompts are tokenized once and completions are never decoded
+and re-encoded. The generation itself is a ``GenerationBackend``; a faster one (vLLM on a GPU, say)
+implements the same one method and is passed as ``backend=`` without touching any trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import transformers
+
+from ..models.loading import is_encoder_decoder
+from .batch import Rollout, forward_completion, pad_with_attention
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+    min_new_tokens: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"Invalid sampling settings: temperature={self.temperature} (>= 0), "
+                             f"top_p={self.top_p} (in (0, 1]), top_k={self.top_k} (>= 0).")
+        self.stop_strings = tuple(s for s in self.stop_strings if s)
+
+
+class GenerationBackend(Protocol):
+    def generate(self, model, prompt_ids: torch.Tensor, prompt_attention: torch.Tensor,
+                 sampling: SamplingConfig, tokenizer) -> torch.Tensor:
+        """Completion ids ``[B, C]`` (anything after a row's end is ignored)."""
+
+
+class HFGenerate:
+    """transformers' ``generate`` with a fresh GenerationConfig (the model's saved defaults, such as
+    top_k=50, would silently change the sampling distribution that the log-probs describe)."""
+
+    def generate(self, model, prompt_ids, prompt_attention, sampling, tokenizer):
+        model = getattr(model, "module", model)
+        greedy = sampling.temperature == 0
+        config = transformers.GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.min_new_tokens or None,
+            do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+            top_k=None if greedy else sampling.top_k, top_p=None if greedy else sampling.top_p,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
+            stop_strings=list(sampling.stop_strings) or None, use_cache=True)
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_attention, generation_config=config,
+                             tokenizer=tokenizer if sampling.stop_strings else None)
+        return out[:, 1:] if is_encoder_decoder(model) else out[:, prompt_ids.shape[1]:]
+
+
+def completion_length(ids: list[int], eos_id: int, stop_strings: tuple[str, ...], tokenizer) -> int:
+    """Tokens up to and including the first eos, or the token that completes the first stop string."""
+    n = ids.index(eos_id) + 1 if eos_id in ids else len(ids)
+    if stop_strings:
+        text = tokenizer.decode(ids[:n])
+        if any(s in text for s in stop_strings):
+            for k in range(1, n + 1):  # rare path: find the token that completes the stop string
+                if any(s in tokenizer.decode(ids[:k]) for s in stop_strings):
+                    return k
+    return n
+
+
+class PolicySampler:
+    """Sample completions from ``model`` for prompt ids and return them as a ``Rollout``."""
+
+    def __init__(self, tokenizer, sampling: SamplingConfig, backend: GenerationBackend | None = None):
+        self.tokenizer, self.sampling, self.backend = tokenizer, sampling, backend or HFGenerate()
+
+    @torch.no_grad()
+    def __call__(self, model, prompt_ids: list[list[int]], prompts: list | None = None,
+                 columns: dict | None = None, with_logprobs: bool = True) -> Rollout:
+        device = next(model.parameters()).device
+        ids, attention = pad_with_attention(prompt_ids, self.tokenizer.pad_token_id, side="left", device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            raw = self.backend.generate(model, ids, attention, self.sampling, self.tokenizer)
+            lengths = [completion_length(row, self.tokenizer.eos_token_id, self.sampling.stop_strings,
+                                         self.tokenizer) for row in raw.tolist()]
+            completions, completion_attention = pad_with_attention(
+                [row[:n] for row, n in zip(raw.tolist(), lengths)], self.tokenizer.pad_token_id, device=device)
+            rollout = Rollout(ids, attention, completions, completion_attention, completion_attention.clone(),
+                              prompts=list(prompts or []), columns=dict(columns or {}))
+            if with_logprobs:
+                temperature = self.sampling.temperature or 1.0
+                rollout.logprobs, _ = forward_completion(model, rollout, temperature)
+        finally:
+            model.train(was_training)
+        return rollout

@@ -1,0 +1,139 @@
+"""Reward functions: built-ins, RewardSet (weights, None, validation, errors), specs, reward-model scoring."""
+
+import math
+import sys
+
+import pytest
+import torch
+
+from posttrain.data import toy
+from posttrain.rewards import (BUILTIN_REWARDS, RewardError, RewardModelScorer, RewardSet, arithmetic, length, regex,
+                               resolve_reward, sentiment)
+
+
+def test_sentiment_is_positive_for_positive_text_and_negative_for_negative():
+    pos, neg = sentiment(["", ""], [f" {toy.POSITIVE[0]}. {toy.TAILS_POS[0]}", f" {toy.NEGATIVE[0]}. {toy.TAILS_NEG[0]}"])
+    assert 0 < pos <= 1 and -1 <= neg < 0
+
+
+def test_length_regex_arithmetic_values():
+    f = length(4)
+    assert f([""] * 4, ["a"] * 4, completion_ids=[[1] * 4, [1] * 2, [1] * 6, [1] * 9]) == [1.0, 0.5, 0.5, 0.0]
+    with pytest.raises(ValueError, match="completion_ids"):
+        f([""], ["a"])
+    with pytest.raises(ValueError, match="positive"):
+        length(0)
+    r = regex(r"^\d+$")
+    assert r(["", "", ""], ["123", "12a", ""]) == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="invalid pattern"):
+        regex("(unclosed")
+    comps = ["19", " 19 is it", "-3", "3", "no number", "7+12=19", "19"]
+    answers = ["19", 19, "-3", -3, "5", "19", None]
+    assert arithmetic([""] * 7, comps, answer=answers) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, None]
+    with pytest.raises(ValueError, match="'answer' column"):
+        arithmetic(["1+1="], ["2"], completion_ids=[[5]])
+    assert all(f.__name__ for f in (sentiment, length(3), regex("x"), arithmetic))
+
+
+def _const(values, name):
+    def fn(prompts, completions, **kwargs):
+        return list(values)
+
+    fn.__name__ = name
+    return fn
+
+
+def test_reward_set_weighted_sum_and_none_handling():
+    a = _const([1.0, None, None, 2.0], "a")
+    b = _const([0.5, 3.0, None, None], "b")
+    result = RewardSet([a, b], weights=[2.0, -1.0])(["p"] * 4, ["c"] * 4, completion_ids=[[1]] * 4)
+    assert result.rewards[0].item() == pytest.approx(2 * 1.0 - 0.5)
+    assert result.rewards[1].item() == pytest.approx(-3.0)  # a's None counts 0
+    assert math.isnan(result.rewards[2].item())  # every function returned None
+    assert result.rewards[3].item() == pytest.approx(4.0)
+    assert result.valid.tolist() == [True, True, False, True] and result.num_dropped == 1
+    assert result.rewards.dtype == torch.float32 and set(result.per_function) == {"a", "b"}
+    assert math.isnan(result.per_function["a"][1].item()) and result.per_function["b"][1].item() == 3.0
+    assert result.metrics()["rewards/a"] == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="weights"):
+        RewardSet([a, b], weights=[1.0])
+    assert RewardSet([regex("x"), regex("y")]).names == ["regex", "regex_2"]
+
+
+def test_raising_function_names_itself_and_the_sample():
+    def picky(prompts, completions, **kwargs):
+        return [1.0 / (0 if c == "bad" else 1) for c in completions]
+
+    prompts, comps = ["p0", "p1", "p2", "p3"], ["ok", "ok", "bad", "ok"]
+    with pytest.raises(RewardError, match=r"'picky' raised on sample 2.*'p2'.*'bad'.*ZeroDivisionError") as info:
+        RewardSet([picky])(prompts, comps, answer=["1"] * 4)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_bad_outputs_are_reward_errors():
+    with pytest.raises(RewardError, match="'short'.*2 values for 3"):
+        RewardSet([_const([1.0, 2.0], "short")])(["p"] * 3, ["c"] * 3)
+    with pytest.raises(RewardError, match="'nan'.*sample 1.*finite"):
+        RewardSet([_const([1.0, float("nan"), 0.0], "nan")])(["p"] * 3, ["c"] * 3)
+    with pytest.raises(RewardError, match="'inf'.*finite"):
+        RewardSet([_const([float("inf")] * 3, "inf")])(["p"] * 3, ["c"] * 3)
+    with pytest.raises(RewardError, match="'text'.*sample 0"):
+        RewardSet([_const(["1.0", 1.0, 1.0], "text")])(["p"] * 3, ["c"] * 3)
+    with pytest.raises(RewardError, match="arithmetic.*sample 0.*'answer' column"):
+        RewardSet(["arithmetic"])(["1+1="], ["2"])
+
+
+def test_resolve_builtin_and_import_specs(tmp_path, monkeypatch):
+    assert resolve_reward("sentiment") is sentiment and resolve_reward("arithmetic") is arithmetic
+    assert resolve_reward("length:20").target == 20
+    assert resolve_reward(r"regex:^\d+").pattern.pattern == r"^\d+"
+    assert resolve_reward("regex:a:b").pattern.pattern == "a:b"
+    assert set(BUILTIN_REWARDS) == {"sentiment", "length", "regex", "arithmetic"}
+    (tmp_path / "my_rewards_mod.py").write_text(
+        "def shout(prompts, completions, **kwargs):\n    return [float(c.isupper()) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = resolve_reward("my_rewards_mod:shout")
+    assert fn(["", ""], ["HEY", "hey"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="no module named 'no_such_reward_mod'"):
+        resolve_reward("no_such_reward_mod:f")
+    with pytest.raises(ValueError, match="no attribute 'missing'"):
+        resolve_reward("my_rewards_mod:missing")
+    for bad in ("nonsense", "length:abc", "length", "sentiment:3", "regex:(", str(tmp_path)):
+        with pytest.raises(ValueError):
+            resolve_reward(bad)
+    with pytest.raises(ValueError, match="Valid forms.*sentiment.*package.module:function.*config.json"):
+        resolve_reward("nonsense")
+    sys.modules.pop("my_rewards_mod", None)
+
+
+def test_reward_model_directory_scores_like_a_manual_forward(tmp_path):
+    from posttrain.models.loading import load_model, load_tokenizer
+
+    model, tok = load_model("tiny:llama", "seq-cls", seed=0), load_tokenizer("tiny:llama")
+    model.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    scorer = resolve_reward(str(tmp_path / "rm"))
+    assert isinstance(scorer, RewardModelScorer) and scorer.__name__ == "reward_model"
+    scorer.batch_size = 2  # several batches, with padding inside them
+    chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "How was the film?"}]
+    prompts = ["I went to see the film and", chat, "Honestly, the plot", chat, "Two hours later,"]
+    comps = [" it was wonderful.", "Loved it.", " was a mess from start to finish. Skip it.", "Awful.", ""]
+    scores = scorer(prompts, comps, completion_ids=[[1]] * 5)
+    expected = [
+        tok("I went to see the film and")["input_ids"] + tok(" it was wonderful." + tok.eos_token,
+                                                             add_special_tokens=False)["input_ids"],
+        tok(tok.apply_chat_template(chat + [{"role": "assistant", "content": "Loved it."}], tokenize=False),
+            add_special_tokens=False)["input_ids"],
+    ]
+    assert scorer.tokenize(prompts[0], comps[0]) == expected[0]
+    assert scorer.tokenize(prompts[1], comps[1]) == expected[1]
+    with torch.no_grad():
+        for i in range(5):
+            ids = torch.tensor([scorer.tokenize(prompts[i], comps[i])])
+            manual = scorer.model(input_ids=ids).logits[0, 0].item()
+            assert scores[i] == pytest.approx(manual, abs=1e-6)
+        assert scores[0] == pytest.approx(model(input_ids=torch.tensor([expected[0]])).logits[0, 0].item(), abs=1e-6)
+    assert len(set(scores)) == 5
+    # truncation keeps the prompt and cuts the completion to fit max_length
+    short = RewardModelScorer(scorer.model, tok, max_length=8)
+    assert len(short.tokenize(prompts[2], comps[2])) == 8

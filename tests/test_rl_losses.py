@@ -1,0 +1,247 @@
+"""Online-RL math (PPO, GRPO, RLOO) against values computed by hand with scalar python."""
+
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+from posttrain.losses.rl import (AdaptiveKLController, FixedKLController, RunningMoments, aggregate,
+                                 clipped_policy_loss, clipped_value_loss, gae, group_advantages, kl_controller,
+                                 kl_per_token, leave_one_out_advantages, masked_mean, masked_sum, masked_whiten)
+
+T = torch.tensor
+
+
+def scalar_gae(rewards, values, gamma, lam):
+    """GAE for one unpadded episode, one scalar at a time."""
+    advantages, last = [0.0] * len(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
+        last = rewards[t] + gamma * next_value - values[t] + gamma * lam * last
+        advantages[t] = last
+    return advantages
+
+
+def test_masked_mean_sum_and_whiten():
+    x = T([[1.0, 2.0, 100.0], [4.0, float("nan"), -7.0]])
+    mask = T([[1, 1, 0], [1, 0, 1]])
+    assert masked_sum(x, mask).item() == pytest.approx(1 + 2 + 4 - 7)
+    assert masked_mean(x, mask).item() == pytest.approx(0.0)
+    assert masked_mean(x, mask, dim=1).tolist() == pytest.approx([1.5, -1.5])
+    assert masked_mean(x, torch.zeros(2, 3)).item() == 0.0  # empty mask: 0, not NaN
+
+    valid = [1.0, 2.0, 4.0, -7.0]
+    mean, var = statistics.mean(valid), statistics.variance(valid)  # variance: unbiased (n - 1)
+    white = masked_whiten(x, mask.bool())
+    expected = [[(1 - mean) / math.sqrt(var + 1e-8), (2 - mean) / math.sqrt(var + 1e-8), 0.0],
+                [(4 - mean) / math.sqrt(var + 1e-8), 0.0, (-7 - mean) / math.sqrt(var + 1e-8)]]
+    assert white.tolist()[0] == pytest.approx(expected[0], abs=1e-6)
+    assert white.tolist()[1] == pytest.approx(expected[1], abs=1e-6)
+    unshifted = masked_whiten(x + 3, mask, shift_mean=False)
+    assert unshifted[0, 0].item() == pytest.approx((1 - mean) / math.sqrt(var) + mean + 3, abs=1e-5)
+    assert unshifted[0, 2].item() == 0.0
+
+
+def test_kl_estimators_against_math():
+    logps, ref = T([-1.0, -2.0, -0.3]), T([-1.5, -1.0, -0.3])
+    assert kl_per_token(logps, ref).tolist() == pytest.approx([0.5, -1.0, 0.0])
+    k3 = [math.exp(r - lp) - (r - lp) - 1 for lp, r in [(-1.0, -1.5), (-2.0, -1.0), (-0.3, -0.3)]]
+    assert k3 == pytest.approx([math.exp(-0.5) - 0.5, math.exp(1.0) - 2.0, 0.0])
+    assert kl_per_token(logps, ref, "k3").tolist() == pytest.approx(k3, abs=1e-6)
+    assert kl_per_token(logps, ref, "abs").tolist() == pytest.approx([0.5, 1.0, 0.0])
+    assert kl_per_token(logps, ref, "mse").tolist() == pytest.approx([0.125, 0.5, 0.0])
+    with pytest.raises(ValueError, match="k1, k3, abs, mse"):
+        kl_per_token(logps, ref, "k2")
+
+
+def test_gae_hand_written_three_token_row():
+    # γ=0.9, λ=0.8: δ2 = 1 - 0.3 = 0.7;  δ1 = 0.9*0.3 - 0.4 = -0.13;  δ0 = 0.9*0.4 - 0.5 = -0.14
+    # A2 = 0.7;  A1 = -0.13 + 0.72*0.7 = 0.374;  A0 = -0.14 + 0.72*0.374 = 0.12928
+    adv, ret = gae(T([[0.0, 0.0, 1.0]]), T([[0.5, 0.4, 0.3]]), T([[1, 1, 1]]), gamma=0.9, lam=0.8)
+    assert adv[0].tolist() == pytest.approx([0.12928, 0.374, 0.7], abs=1e-6)
+    assert ret[0].tolist() == pytest.approx([0.62928, 0.774, 1.0], abs=1e-6)
+
+
+def test_gae_rows_of_different_lengths():
+    r0, v0 = [0.0, 0.0, 1.0], [0.5, 0.4, 0.3]
+    r1, v1 = [0.1, -0.2, 0.0, 0.3, 2.0], [1.0, 0.5, -0.5, 0.2, 0.8]
+    # padding of row 0 holds garbage that must not leak into its last valid token
+    rewards = T([r0 + [7.0, 7.0], r1])
+    values = T([v0 + [9.0, 9.0], v1])
+    mask = T([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    exp0, exp1 = scalar_gae(r0, v0, 0.9, 0.8), scalar_gae(r1, v1, 0.9, 0.8)
+    assert adv[0].tolist() == pytest.approx(exp0 + [0.0, 0.0], abs=1e-6)
+    assert adv[1].tolist() == pytest.approx(exp1, abs=1e-6)
+    assert ret[0].tolist() == pytest.approx([a + v for a, v in zip(exp0, v0)] + [0.0, 0.0], abs=1e-6)
+    assert ret[1].tolist() == pytest.approx([a + v for a, v in zip(exp1, v1)], abs=1e-6)
+
+
+# Policy-loss fixture: row 0 has A=+1 and 3 valid tokens, row 1 has A=-2 and 2 valid tokens plus a
+# padded token whose log-ratio (100) would overflow exp() if it were not masked out.
+LOG_RATIOS = [[0.5, -0.5, 0.1], [0.5, -0.5, 100.0]]
+ADV = [1.0, -2.0]
+MASK = [[1, 1, 1], [1, 1, 0]]
+
+
+def hand_policy_tokens(eps_low, eps_high):
+    """Per-token (loss, clipped?) for the valid tokens, row by row."""
+    rows = []
+    for lrs, a, m in zip(LOG_RATIOS, ADV, MASK):
+        row = []
+        for lr, valid in zip(lrs, m):
+            if not valid:
+                continue
+            r = math.exp(lr)
+            rc = min(max(r, 1 - eps_low), 1 + eps_high)
+            row.append((max(-a * r, -a * rc), -a * rc > -a * r))
+        rows.append(row)
+    return rows
+
+
+def policy_inputs():
+    old = T([[-1.0, -2.0, -3.0], [-1.5, -0.5, -50.0]])
+    logps = (old + T(LOG_RATIOS)).requires_grad_()
+    return logps, old, T(ADV), T(MASK)
+
+
+@pytest.mark.parametrize("mode", ["sequence", "token", "constant"])
+def test_clipped_policy_loss_each_aggregation(mode):
+    rows = hand_policy_tokens(0.2, 0.2)
+    # spot checks of the fixture: +A r=e^.5 is clipped to 1.2; -A r=e^-.5 is clipped to 0.8
+    assert rows[0][0] == (-1.2, True) and rows[1][1] == (pytest.approx(1.6), True)
+    assert not rows[0][1][1] and not rows[0][2][1] and not rows[1][0][1]
+    flat = [loss for row in rows for loss, _ in row]
+    expected = {
+        "sequence": (sum(l for l, _ in rows[0]) / 3 + sum(l for l, _ in rows[1]) / 2) / 2,
+        "token": sum(flat) / 5,
+        "constant": sum(flat) / (2 * 4),
+    }[mode]
+    logps, old, adv, mask = policy_inputs()
+    loss, stats = clipped_policy_loss(logps, old, adv, mask, 0.2, aggregation=mode, max_tokens=4)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    valid = [lr for row, m in zip(LOG_RATIOS, MASK) for lr, ok in zip(row, m) if ok]
+    assert stats["clipfrac"].item() == pytest.approx(2 / 5)
+    assert stats["approx_kl"].item() == pytest.approx(sum(0.5 * lr * lr for lr in valid) / 5, abs=1e-6)
+    assert stats["ratio_mean"].item() == pytest.approx(sum(math.exp(lr) for lr in valid) / 5, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(logps.grad).all() and logps.grad[1, 2] == 0
+    assert logps.grad[0, 0] == 0 and logps.grad[0, 1] != 0  # clipped tokens get no gradient
+
+
+def test_clipped_policy_loss_asymmetric_clip_and_per_token_advantages():
+    rows = hand_policy_tokens(0.2, 0.28)  # DAPO clip-higher: e^.1 still inside, e^.5 clipped at 1.28
+    flat = [loss for row in rows for loss, _ in row]
+    assert rows[0][0][0] == pytest.approx(-1.28)
+    logps, old, adv, mask = policy_inputs()
+    per_token_adv = adv.unsqueeze(-1).expand(2, 3).clone()
+    loss, stats = clipped_policy_loss(logps, old, per_token_adv, mask, 0.2, clip_range_high=0.28)
+    assert loss.item() == pytest.approx(sum(flat) / 5, abs=1e-5)
+    assert stats["clipfrac"].item() == pytest.approx(sum(c for row in rows for _, c in row) / 5)
+
+
+def test_aggregate_sequence_skips_empty_rows_and_errors():
+    x = T([[1.0, 3.0, 0.0], [5.0, 5.0, 5.0], [float("nan"), 2.0, 2.0]])
+    mask = T([[1, 1, 0], [0, 0, 0], [0, 1, 1]])
+    assert aggregate(x, mask, "sequence").item() == pytest.approx((2.0 + 2.0) / 2)
+    assert aggregate(x, mask, "token").item() == pytest.approx((1 + 3 + 2 + 2) / 4)
+    assert aggregate(x, mask, "constant", max_tokens=3).item() == pytest.approx(8 / 9)
+    assert aggregate(x, torch.zeros(3, 3), "sequence").item() == 0.0
+    with pytest.raises(ValueError, match="max_tokens"):
+        aggregate(x, mask, "constant")
+    with pytest.raises(ValueError, match="sequence, token, constant"):
+        aggregate(x, mask, "mean")
+
+
+def test_clipped_value_loss_with_clipping_active():
+    # (v, old, R) per token, c = 0.2:
+    #   (1.0, 0.5, 1.0): clip v -> 0.7, err 0 vs 0.09 -> 0.09 (clipped term wins)
+    #   (0.6, 0.5, 0.0): inside the clip, 0.36
+    #   (0.0, 0.5, 1.0): clip v -> 0.3, err 1 vs 0.49 -> 1.0
+    #   (0.9, 0.5, 0.0): clip v -> 0.7, err 0.81 vs 0.49 -> 0.81
+    values = T([[1.0, 0.6, 0.0], [0.9, 50.0, 50.0]])
+    old = T([[0.5, 0.5, 0.5], [0.5, 0.0, 0.0]])
+    returns = T([[1.0, 0.0, 1.0], [0.0, -50.0, -50.0]])
+    mask = T([[1, 1, 1], [1, 0, 0]])
+    loss, clipfrac = clipped_value_loss(values, old, returns, mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.09 + 0.36 + 1.0 + 0.81) / 4, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(1 / 4)
+
+
+def test_group_advantages_on_explicit_numbers():
+    rewards = T([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 1.0, 1.0])
+    dev = [-2.0, -1.0, 0.0, 3.0, -0.5, -0.5, 0.5, 0.5]
+    std1, std2 = math.sqrt((4 + 1 + 0 + 9) / 3), math.sqrt(4 * 0.25 / 3)
+    expected = [d / (std1 + 1e-4) for d in dev[:4]] + [d / (std2 + 1e-4) for d in dev[4:]]
+    assert group_advantages(rewards, 4).tolist() == pytest.approx(expected, abs=1e-5)
+    batch_std = statistics.stdev(rewards.tolist())
+    assert group_advantages(rewards, 4, "batch").tolist() == pytest.approx([d / (batch_std + 1e-4) for d in dev], abs=1e-5)
+    assert group_advantages(rewards, 4, "none").tolist() == pytest.approx(dev)
+    # equal rewards in a group: zero advantage, no NaN
+    assert group_advantages(T([2.0, 2.0]), 2).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(rewards, 3)
+    with pytest.raises(ValueError, match="group, batch, none"):
+        group_advantages(rewards, 4, "std")
+
+
+def test_leave_one_out_advantages_on_explicit_numbers():
+    rewards = T([1.0, 2.0, 3.0, 6.0, 0.0, 1.0])
+    # group 1 (G=4): 1 - 11/3, 2 - 10/3, 3 - 9/3, 6 - 6/3;  group 2 of the G=2 split differs below
+    assert leave_one_out_advantages(rewards[:4], 4).tolist() == pytest.approx([-8 / 3, -4 / 3, 0.0, 4.0])
+    # G=2: each baseline is the other reward
+    assert leave_one_out_advantages(rewards, 2).tolist() == pytest.approx([-1.0, 1.0, -3.0, 3.0, -1.0, 1.0])
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        leave_one_out_advantages(rewards, 1)
+    with pytest.raises(ValueError, match="groups of 4"):
+        leave_one_out_advantages(rewards, 4)
+
+
+def test_adaptive_kl_controller_sequence_and_state_round_trip():
+    ctl = kl_controller(0.1, target=6.0, horizon=10000)
+    assert isinstance(ctl, AdaptiveKLController)
+    expected = 0.1
+    for kl, n, err in [(3.0, 256, -0.2),    # 3/6 - 1 = -0.5, clipped to -0.2
+                       (6.6, 512, 0.1),     # 6.6/6 - 1 = 0.1, inside
+                       (100.0, 128, 0.2),   # clipped to +0.2
+                       (6.0, 64, 0.0)]:     # on target: unchanged
+        ctl.update(kl, n)
+        expected *= 1 + err * n / 10000
+        assert ctl.value == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(0.1 * (1 - 0.00512) * (1 + 0.00512) * (1 + 0.00256), rel=1e-12)
+    restored = AdaptiveKLController(1.0, 1.0, 1.0)
+    restored.load_state_dict(json.loads(json.dumps(ctl.state_dict())))
+    restored.update(12.0, 100)
+    ctl.update(12.0, 100)
+    assert restored.value == ctl.value == pytest.approx(expected * 1.002, rel=1e-12)
+
+    fixed = kl_controller(0.05)
+    assert isinstance(fixed, FixedKLController)
+    fixed.update(100.0, 1000)
+    assert fixed.value == 0.05
+    other = FixedKLController(1.0)
+    other.load_state_dict(json.loads(json.dumps(fixed.state_dict())))
+    assert other.value == 0.05
+
+
+def test_running_moments_match_concatenation():
+    torch.manual_seed(0)
+    batches = [torch.randn(5) * 3 + 1, torch.randn(1) + 10, torch.randn(8) - 2, torch.randn(2, 3)]
+    rm = RunningMoments()
+    assert rm.std == 1.0 and rm.mean == 0.0
+    for i, batch in enumerate(batches):
+        batch_mean, batch_std = rm.update(batch)
+        values = batch.flatten().double().tolist()
+        assert batch_mean == pytest.approx(statistics.mean(values), abs=1e-9)
+        assert batch_std == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0.0, abs=1e-9)
+        seen = torch.cat([b.flatten() for b in batches[: i + 1]]).double()
+        assert rm.mean == pytest.approx(seen.mean().item(), abs=1e-9)
+        assert rm.std == pytest.approx(seen.std().item(), abs=1e-9)
+        if i == 1:  # round trip mid-stream, through JSON
+            state = json.loads(json.dumps(rm.state_dict()))
+            rm = RunningMoments()
+            rm.load_state_dict(state)
+    with pytest.raises(ValueError):
+        rm.update(torch.tensor([]))
