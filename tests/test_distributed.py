@@ -1,5 +1,5 @@
-"""`accelerate launch --num_processes 2` (CPU, gloo) gives the same SFT losses as one process with the
-same global batch."""
+"""`accelerate launch --num_processes 2` (CPU, gloo): SFT gives the same losses as one process with the
+same global batch; GRPO splits the prompts across processes and logs rewards gathered from both."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import sys
 import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_sft_script.py")
+GRPO_SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_grpo_script.py")
 
 
 def free_port() -> int:
@@ -18,24 +19,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
+def launch_two(script: str, *args: str):
+    """``accelerate launch`` two CPU processes; retries the rare gloo start-up abort."""
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     # --multi_gpu selects the torchrun launcher; with no GPU, accelerate runs the processes on CPU with gloo.
     def launch():
         cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT,
-               str(tmp_path / "ddp"), "4", str(tmp_path / "ddp.json")]
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), script,
+               *args]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
     # torch 2.13's gloo process group now and then aborts both ranks at start-up ("terminate called
-    # without an active exception", SIGABRT, before any training step); that is not what this test
-    # checks, so a launch that dies that way is retried, at most twice.
+    # without an active exception", SIGABRT, before any training step); that is not what these tests
+    # check, so a launch that dies that way is retried, at most twice.
     for _ in range(3):
         done = launch()
         if done.returncode == 0 or "terminate called without an active exception" not in done.stderr:
             break
     assert done.returncode == 0, done.stderr[-3000:]
+    return env
+
+
+def test_two_processes_match_one(tmp_path):
+    env = launch_two(SCRIPT, str(tmp_path / "ddp"), "4", str(tmp_path / "ddp.json"))
     single = subprocess.run([sys.executable, SCRIPT, str(tmp_path / "one"), "8", str(tmp_path / "one.json")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -43,3 +50,16 @@ def test_two_processes_match_one(tmp_path):
     assert ddp["world_size"] == 2 and one["world_size"] == 1
     assert len(ddp["losses"]) == len(one["losses"]) == 5
     assert ddp["losses"] == pytest.approx(one["losses"], abs=1e-5)
+
+
+def test_grpo_on_two_processes_gathers_rewards(tmp_path):
+    launch_two(GRPO_SCRIPT, str(tmp_path))
+    ranks = [json.loads((tmp_path / f"seen-{r}.json").read_text()) for r in (0, 1)]
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert [r["world_size"] for r in ranks] == [2, 2] and len(log) == 3
+    for step in range(3):
+        # each process sampled its own 4 prompts x 4 generations; together the global batch of 8
+        assert not set(ranks[0]["indices"][step]) & set(ranks[1]["indices"][step])
+        rewards = ranks[0]["seen"][step]["rewards"] + ranks[1]["seen"][step]["rewards"]
+        assert len(rewards) == 32 and len(set(rewards)) > 1
+        assert log[step]["reward"] == pytest.approx(sum(rewards) / 32, abs=1e-6)

@@ -183,3 +183,14 @@ def test_cli_grpo_rloo_ppo_with_builtin_module_and_model_rewards(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["grpo", "--model", "tiny:llama", "--dataset", str(data)])
     assert "--reward is required" in capsys.readouterr().err
+
+
+def test_ppo_early_stop_and_score_processing(tokenizer):
+    queries = [torch.tensor(tokenize_prompt(tokenizer, p)) for p in PROMPTS]
+    responses = [torch.tensor([5, 6, 7]), torch.tensor([8, 9]), torch.tensor([9, 10])]
+    trainer = PPOTrainer("tiny:llama", quick(PPOConfig, num_epochs=4, mini_batch_size=1, early_stop_kl=0.0))
+    assert trainer.step(queries, responses, [5.0, -5.0, 1.0])["epochs"] == 1  # the policy moved: stop after one
+    trainer = PPOTrainer("tiny:llama", quick(PPOConfig, score_clip=2.0, score_scaling=True))
+    first = trainer.process_scores(torch.tensor([4.0, 0.0, -4.0]))
+    std = torch.tensor([4.0, 0.0, -4.0]).std().item()
+    assert first.tolist() == pytest.approx([min(4 / std, 2.0), 0.0, max(-4 / std, -2.0)])

@@ -51,7 +51,8 @@ class OnlineTrainer:
         self.args = args
         set_seed(args.seed)
         self.base_model_name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "")
-        self.accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no")
+        # cpu=True without CUDA: under `accelerate launch` that is what starts gloo across CPU processes.
+        self.accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no", cpu=not torch.cuda.is_available())
         self.tokenizer = processing_class or load_tokenizer(self.base_model_name)
         check_tokenizer(self.tokenizer)
         policy = self.build_policy(model, peft_config)
