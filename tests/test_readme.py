@@ -15,3 +15,8 @@ def test_python_quick_start_runs(tmp_path, monkeypatch, capsys):
     assert accuracy >= 0.9
     assert (tmp_path / "runs" / "quickstart-sft" / "model.safetensors").exists()
     assert (tmp_path / "runs" / "quickstart-rm" / "README.md").exists()
+    online = re.search(r"### Online RL: PPO, GRPO, RLOO\s+```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(online, "README online RL quick start", "exec"), {})
+    evaluation = eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(evaluation) == {"eval_reward", "eval_kl", "eval_length"}
+    assert (tmp_path / "runs" / "quickstart-ppo" / "value_head.safetensors").exists()
