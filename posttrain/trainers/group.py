@@ -75,6 +75,11 @@ class GRPOTrainer(OnlineTrainer):
     def uses_reference(self) -> bool:
         return self.args.beta > 0
 
+    def needs_sampling_logprobs(self) -> bool:
+        """With one optimizer step per batch the sampling policy is the updated one: its log-probs are the
+        current ones, detached, and need no separate forward pass (RLOO's KL penalty still needs them)."""
+        return self.optimizer_steps_per_step() > 1 or (self.kl_in_reward and self.reference is not None)
+
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         return group_advantages(rewards, self.args.num_generations, self.args.scale_rewards)
 
@@ -86,7 +91,7 @@ class GRPOTrainer(OnlineTrainer):
         valid = ~rewards.isnan()
         ref_logps = self.reference_logps(rollout, temperature) if self.reference is not None else None
         kl_seq = None
-        if ref_logps is not None:
+        if ref_logps is not None and rollout.logprobs is not None:
             kl_seq = (kl_per_token(rollout.logprobs, ref_logps, args.kl_estimator) * rollout.completion_mask).sum(1)
         penalised = rewards - args.beta * kl_seq if self.kl_in_reward and kl_seq is not None else rewards
         advantages = self.advantages(_fill_dropped(penalised, args.num_generations))
@@ -106,7 +111,8 @@ class GRPOTrainer(OnlineTrainer):
     def loss(self, mb, extras: dict, weight: float, temperature: float):
         args = self.args
         logps, _ = forward_completion(self.model, mb, temperature)
-        loss, stats = clipped_policy_loss(logps, mb.logprobs, extras["advantages"], mb.completion_mask, args.epsilon,
+        old_logps = logps.detach() if mb.logprobs is None else mb.logprobs
+        loss, stats = clipped_policy_loss(logps, old_logps, extras["advantages"], mb.completion_mask, args.epsilon,
                                           args.loss_aggregation, args.max_new_tokens, args.epsilon_high)
         if "ref_logps" in extras:
             kl = kl_per_token(logps, extras["ref_logps"], args.kl_estimator)

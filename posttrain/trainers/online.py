@@ -144,12 +144,17 @@ class OnlineTrainer:
         start = k * global_batch + self.accelerator.process_index * per_process
         return order[start: start + per_process]
 
-    def sample(self, indices: list[int], repeats: int = 1) -> Rollout:
+    def needs_sampling_logprobs(self) -> bool:
+        """Whether the update reads the policy's log-probs at sampling time (a forward pass to skip if not)."""
+        return True
+
+    def sample(self, indices: list[int], repeats: int = 1, with_logprobs: bool | None = None) -> Rollout:
         """Sample one completion per prompt (``repeats`` consecutive ones for group methods)."""
         rows = [i for i in indices for _ in range(repeats)]
+        with_logprobs = self.needs_sampling_logprobs() if with_logprobs is None else with_logprobs
         with self.accelerator.autocast():
             return self.sampler(self.model, [self.prompt_ids[i] for i in rows], [self.prompts[i] for i in rows],
-                                {c: [v[i] for i in rows] for c, v in self.columns.items()})
+                                {c: [v[i] for i in rows] for c, v in self.columns.items()}, with_logprobs)
 
     def score(self, rollout: Rollout):
         """Rewards for each episode (NaN where every reward function returned None)."""
@@ -266,7 +271,8 @@ class OnlineTrainer:
                 torch.manual_seed(self.args.seed + 1)
                 out = {"reward": [], "kl": [], "length": []}
                 for s in range(0, len(self.prompts), self.args.per_device_batch_size):
-                    rollout = self.sample(list(range(s, min(s + self.args.per_device_batch_size, len(self.prompts)))))
+                    rows = list(range(s, min(s + self.args.per_device_batch_size, len(self.prompts))))
+                    rollout = self.sample(rows, with_logprobs=True)
                     out["reward"].append(self.score(rollout).rewards)
                     out["length"].append(rollout.completion_mask.sum(1).float())
                     if self.reference is not None:

@@ -37,6 +37,8 @@ class OnlineConfig:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0: greedy)."})
     top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens (0: all)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: off)."})
+    min_new_tokens: int = field(default=0, metadata={
+        "help": "Shortest completion: eos is suppressed until this many tokens (0: off)."})
     stop_strings: list[str] = field(default_factory=list, metadata={
         "help": "Strings that end a completion (besides the eos token)."})
     reference: str = field(default="auto", metadata={
@@ -61,7 +63,8 @@ class OnlineConfig:
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, stop_strings=tuple(self.stop_strings))
+                              top_p=self.top_p, stop_strings=tuple(self.stop_strings),
+                              min_new_tokens=self.min_new_tokens)
 
     def episodes_per_step(self) -> int:
         """Episodes each process samples per step (GRPO/RLOO multiply by num_generations)."""

@@ -67,6 +67,9 @@ class PPOTrainer(OnlineTrainer):
         wrapper = AutoModelForSeq2SeqLMWithValueHead if is_encoder_decoder(model) else AutoModelForCausalLMWithValueHead
         return wrapper.from_pretrained(model, peft_config=peft_config, seed=self.args.seed)
 
+    def needs_sampling_logprobs(self) -> bool:
+        return False  # update() computes them in the same forward pass as the values
+
     # ---- the classic API --------------------------------------------------------------------------
     def step(self, queries: list, responses: list, scores) -> dict:
         """One PPO update on your own episodes: ``queries`` and ``responses`` are lists of 1-D token id
