@@ -299,9 +299,10 @@ Command (took {elapsed / 60:.1f} min; torch threads {torch.get_num_threads()}):
   ({ppo_opt} optimizer steps per step), lr {S['ppo_lr']:g}, fixed KL coefficient {S['ppo_kl_coef']} (k1), gamma 1,
   lambda 0.95, clip 0.2, value clip 0.2, vf_coef 0.1, whitened advantages, no gradient clipping (TRL
   0.11.4's default), frozen-copy reference. TRL 0.11.4's value head keeps its 0.1 dropout.
-- **Where the work differs.** With one optimizer step per batch TRL {info['trl']}'s GRPO skips the
-  sampling-time log-prob pass (the ratio is 1); posttrain runs it. posttrain's PPO also runs it, then
-  recomputes log-probs with values. TRL's RLOO clips a sequence-level ratio, posttrain a per-token one.
+- **Where the work differs.** With one optimizer step per batch neither library's GRPO runs a
+  sampling-time log-prob pass (the ratio is 1). posttrain's RLOO runs it (its KL penalty needs the
+  sampling policy's log-probs); posttrain's PPO computes log-probs and values in one pass after
+  sampling. TRL's RLOO clips a sequence-level ratio, posttrain a per-token one.
 - **Timing.** {warmup} warm-up + {steps} timed steps, {repeats} round(s) per library, alternating which goes
   first. posttrain and TRL {info['trl']}: a step runs from the end of the previous step to its own end
   (sampling, reward, update); TRL 0.11.4 (its script): from tokenizing the step's prompts to the return of

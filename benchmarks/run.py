@@ -538,7 +538,9 @@ def markdown(results: list[Result], command: str, repeats: int, elapsed: float,
 Training throughput of posttrain's trainers and TRL's on the same model, data and settings, measured in
 one process by [`benchmarks/run.py`](benchmarks/run.py) (`make bench`). The ratio is posttrain / TRL:
 above 1 means posttrain is faster. DPO peak memory, measured in separate processes by
-[`benchmarks/dpo_memory.py`](benchmarks/dpo_memory.py), follows the throughput results.
+[`benchmarks/dpo_memory.py`](benchmarks/dpo_memory.py), follows the throughput results, then the online
+RL trainers (GRPO, RLOO, PPO; `benchmarks/online.py`) and PPO peak memory (`benchmarks/ppo_memory.py`),
+each section with its own command.
 
 Command (took {elapsed / 60:.1f} min):
 
@@ -560,7 +562,11 @@ at the end.
 {_included_section(memory, "DPO peak memory", "python benchmarks/dpo_memory.py --data long --pairs "
                    f"{BATCH_SIZE} --max_length {MAX_LENGTH} --output benchmarks/dpo_memory.md")}{_included_section(
     os.path.join(os.path.dirname(__file__), "logits_memory.md"), "Answer log-probs with a real-size vocabulary",
-    "python benchmarks/logits_memory.py --output benchmarks/logits_memory.md")}
+    "python benchmarks/logits_memory.py --output benchmarks/logits_memory.md")}{_included_section(
+    os.path.join(os.path.dirname(__file__), "online.md"), "Online RL: GRPO, RLOO, PPO",
+    "python benchmarks/online.py --output benchmarks/online.md")}{_included_section(
+    os.path.join(os.path.dirname(__file__), "ppo_memory.md"), "PPO peak memory",
+    "python benchmarks/ppo_memory.py --output benchmarks/ppo_memory.md")}
 {method_section}
 ## All runs
 

@@ -194,3 +194,13 @@ def test_ppo_early_stop_and_score_processing(tokenizer):
     first = trainer.process_scores(torch.tensor([4.0, 0.0, -4.0]))
     std = torch.tensor([4.0, 0.0, -4.0]).std().item()
     assert first.tolist() == pytest.approx([min(4 / std, 2.0), 0.0, max(-4 / std, -2.0)])
+
+
+def test_conversational_prompts_use_the_chat_template(tokenizer):
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i}+1?"}], "answer": str(i + 1)} for i in range(8)]
+    trainer = GRPOTrainer("tiny:llama", quick(GRPOConfig, num_generations=2), train_dataset=rows,
+                          reward_funcs=["arithmetic"])
+    rendered = tokenizer.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert trainer.prompt_ids[0] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert rendered.endswith("<|im_start|>assistant\n")
+    assert len(trainer.train()) == 2
