@@ -49,6 +49,13 @@ def reviews(tmp_path_factory):
     return model_dir, [{"prompt": p} for p in train], [{"prompt": p} for p in held]
 
 
+def ppo_args(tmp_path, learning_rate: float) -> PPOConfig:
+    """Sentiment PPO: 16 review openings per step, 16-token continuations, 4 epochs of 2 mini-batches."""
+    return PPOConfig(output_dir=str(tmp_path), max_steps=40, per_device_batch_size=16, mini_batch_size=8,
+                     num_epochs=4, max_new_tokens=16, learning_rate=learning_rate, init_kl_coef=0.05,
+                     logging_steps=5, disable_tqdm=True)
+
+
 def curve(history, key="reward"):
     return " ".join(f"{e[key]:+.2f}" for e in history)
 
@@ -69,9 +76,7 @@ def test_group_methods_raise_arithmetic_accuracy(arithmetic, tmp_path, cls, conf
 
 def test_ppo_raises_sentiment_within_kl_bound(reviews, tmp_path):
     model_dir, train, held = reviews
-    args = PPOConfig(output_dir=str(tmp_path), max_steps=40, per_device_batch_size=16, mini_batch_size=8,
-                     num_epochs=4, max_new_tokens=16, learning_rate=1e-4, init_kl_coef=0.05, logging_steps=5,
-                     disable_tqdm=True)
+    args = ppo_args(tmp_path, learning_rate=1e-4)
     trainer = PPOTrainer(load_model(model_dir), args, train_dataset=train, reward_funcs=["sentiment"])
     before = trainer.evaluate(held)
     history = trainer.train()
@@ -87,9 +92,7 @@ def test_lora_only_ppo_learns_with_the_adapter_off_as_reference(reviews, tmp_pat
     import peft
 
     model_dir, train, held = reviews
-    args = PPOConfig(output_dir=str(tmp_path), max_steps=40, per_device_batch_size=16, mini_batch_size=8,
-                     num_epochs=4, max_new_tokens=16, learning_rate=2e-3, init_kl_coef=0.05, logging_steps=5,
-                     disable_tqdm=True)
+    args = ppo_args(tmp_path, learning_rate=2e-3)
     lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = PPOTrainer(load_model(model_dir), args, train_dataset=train, reward_funcs=["sentiment"],
                          peft_config=lora)

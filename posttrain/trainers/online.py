@@ -28,7 +28,7 @@ from ..data.formats import DataFormatError, load_rows, validate
 from ..data.tokenize import check_tokenizer, tokenize_prompt
 from ..models.loading import load_model, load_tokenizer
 from ..models.reference import frozen_copy, is_peft_model
-from ..rewards import RewardSet, resolve_reward
+from ..rewards import RewardSet
 from ..rollout import PolicySampler, Rollout, forward_completion
 from .online_config import OnlineConfig
 
@@ -119,11 +119,15 @@ class OnlineTrainer:
         return prompts, ids, columns
 
     def _reward_set(self, reward_funcs, weights):
+        """Reward functions by object or spec (see ``posttrain.rewards.resolve_reward``); reward models
+        move to the policy's device."""
         if reward_funcs is None:
             return None
-        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        funcs = [resolve_reward(f) if isinstance(f, str) else f for f in funcs]
-        return RewardSet(funcs, weights)
+        rewards = RewardSet(reward_funcs, weights)
+        for fn in rewards.funcs:
+            if isinstance(getattr(fn, "model", None), torch.nn.Module):
+                fn.model.to(self.accelerator.device)
+        return rewards
 
     def optimizer_steps_per_step(self) -> int:
         mini = self.args.mini_batch_size or self.args.episodes_per_step()
