@@ -20,12 +20,12 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
+
+from memory import method, peak_memory, ratio_table, run_children, target_verdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,6 +44,7 @@ TRL_CONFIGS = {
 PAIRS = {"dpo-full-copy": "trl-dpo-full-copy", "dpo-lora-adapter": "trl-dpo-lora-adapter"}
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 BETA = 0.1
+TARGET = 0.10  # LoRA DPO (adapter-off reference) within 10% of LoRA SFT, either way
 
 
 def _rows(data: str, n: int, max_length: int) -> list[dict]:
@@ -75,47 +76,43 @@ def child(name: str, model_name: str, pairs: int, steps: int, max_length: int, d
         trl = None
     del datasets, transformers, posttrain
 
-    cuda = torch.cuda.is_available()
     rows = _rows(data, pairs * steps, max_length)
     tokenizer = load_tokenizer("tiny:llama")
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    lora = peft.LoraConfig(**LORA)
-    tmp = tempfile.mkdtemp(prefix="posttrain-memory-")
-    common = dict(output_dir=tmp, max_steps=steps, save_strategy="no", disable_tqdm=True, report_to="none",
-                  max_length=max_length, learning_rate=1e-4, logging_steps=steps, lr_scheduler_type="constant",
-                  optim="adamw_torch", bf16=False, fp16=False, gradient_checkpointing=False, seed=0,
-                  dataloader_num_workers=0, use_cpu=not cuda)
-    model = load_model(model_name, dtype=torch.float32, seed=0)
-    if name == "sft-lora":
-        sft = [{"prompt": r["prompt"], "completion": r[k]} for r in rows for k in ("chosen", "rejected")]
-        trainer = SFTTrainer(model, SFTConfig(per_device_train_batch_size=2 * pairs, **common), train_dataset=sft,
-                             processing_class=tokenizer, peft_config=lora)
-    elif name.startswith("trl-"):
-        if trl is None:
-            raise SystemExit("TRL is not installed (pip install -e '.[bench]').")
-        kind = name.split("-")[2]
-        args = trl.DPOConfig(per_device_train_batch_size=pairs, loss_type=["sigmoid"], beta=BETA,
-                             precompute_ref_log_probs=False, pad_to_multiple_of=None, **common)
-        # TRL's own default copy re-creates the model from model.config.name_or_path, which a tiny in-memory
-        # model does not have: a second load of the same seeded weights is that copy.
-        ref_model = load_model(model_name, dtype=torch.float32, seed=0) if kind == "full" else None
-        trainer = trl.DPOTrainer(model, ref_model=ref_model, args=args, train_dataset=datasets_from(rows),
-                                 processing_class=tokenizer, peft_config=lora if kind == "lora" else None)
-    else:
-        _, kind, reference = name.split("-")
-        trainer = DPOTrainer(model, DPOConfig(per_device_train_batch_size=pairs, reference=reference, beta=BETA,
-                                              loss_type="sigmoid", reference_cache_dir=os.path.join(tmp, "cache"),
-                                              **common),
-                             train_dataset=rows, processing_class=tokenizer,
-                             peft_config=lora if kind == "lora" else None)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if cuda
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024)
-    return {"config": name, "peak_mib": peak / 2**20, "device": "cuda" if cuda else "cpu",
+    with peak_memory() as peak:  # the RSS baseline: after imports, rows and tokenizer
+        lora = peft.LoraConfig(**LORA)
+        tmp = tempfile.mkdtemp(prefix="posttrain-memory-")
+        common = dict(output_dir=tmp, max_steps=steps, save_strategy="no", disable_tqdm=True, report_to="none",
+                      max_length=max_length, learning_rate=1e-4, logging_steps=steps, lr_scheduler_type="constant",
+                      optim="adamw_torch", bf16=False, fp16=False, gradient_checkpointing=False, seed=0,
+                      dataloader_num_workers=0, use_cpu=peak.device != "cuda")
+        model = load_model(model_name, dtype=torch.float32, seed=0)
+        if name == "sft-lora":
+            sft = [{"prompt": r["prompt"], "completion": r[k]} for r in rows for k in ("chosen", "rejected")]
+            trainer = SFTTrainer(model, SFTConfig(per_device_train_batch_size=2 * pairs, **common),
+                                 train_dataset=sft, processing_class=tokenizer, peft_config=lora)
+        elif name.startswith("trl-"):
+            if trl is None:
+                raise SystemExit("TRL is not installed (pip install -e '.[bench]').")
+            kind = name.split("-")[2]
+            args = trl.DPOConfig(per_device_train_batch_size=pairs, loss_type=["sigmoid"], beta=BETA,
+                                 precompute_ref_log_probs=False, pad_to_multiple_of=None, **common)
+            # TRL's own default copy re-creates the model from model.config.name_or_path, which a tiny in-memory
+            # model does not have: a second load of the same seeded weights is that copy.
+            ref_model = load_model(model_name, dtype=torch.float32, seed=0) if kind == "full" else None
+            trainer = trl.DPOTrainer(model, ref_model=ref_model, args=args, train_dataset=datasets_from(rows),
+                                     processing_class=tokenizer, peft_config=lora if kind == "lora" else None)
+        else:
+            _, kind, reference = name.split("-")
+            trainer = DPOTrainer(model, DPOConfig(per_device_train_batch_size=pairs, reference=reference,
+                                                  beta=BETA, loss_type="sigmoid",
+                                                  reference_cache_dir=os.path.join(tmp, "cache"), **common),
+                                 train_dataset=rows, processing_class=tokenizer,
+                                 peft_config=lora if kind == "lora" else None)
+        peak.reset_cuda_peak()  # the GPU figure is the training peak, from what construction left allocated
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return {"config": name, "peak_mib": peak.mib, "device": peak.device,
             "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6, "train_s": seconds}
 
 
@@ -125,15 +122,14 @@ def datasets_from(rows: list[dict]):
     return datasets.Dataset.from_list(rows)  # TRL takes a Dataset, not a list
 
 
+def table(results: dict) -> str:
+    return ratio_table(results, {**CONFIGS, **TRL_CONFIGS}, "sft-lora", "LoRA SFT")
+
+
 def report(results: dict, args, command: str) -> str:
     """Markdown: every configuration against posttrain's LoRA SFT baseline, then posttrain vs TRL."""
-    device = next(iter(results.values()))["device"]
-    what = "torch.cuda.max_memory_allocated" if device == "cuda" else "peak RSS above the post-import baseline"
-    base = results.get("sft-lora", {}).get("peak_mib")
-    lines = [f"| configuration | peak memory (MiB, {device}) | vs LoRA SFT |", "|---|---:|---:|"]
-    for name, r in results.items():
-        ratio = f"{r['peak_mib'] / base:.2f}x" if base else "-"
-        lines.append(f"| {CONFIGS.get(name) or TRL_CONFIGS[name]} | {r['peak_mib']:.0f} | {ratio} |")
+    what = method(next(iter(results.values()))["device"])
+    lines = [table(results)]
     pairs = [(p, t) for p, t in PAIRS.items() if p in results and t in results]
     if pairs:
         lines += ["", "| DPO configuration | posttrain (MiB) | TRL (MiB) | ratio (posttrain / TRL) |",
@@ -142,12 +138,8 @@ def report(results: dict, args, command: str) -> str:
             a, b = results[p]["peak_mib"], results[t]["peak_mib"]
             lines.append(f"| {CONFIGS[p].replace('LoRA DPO', 'LoRA').replace('full DPO', 'full')} | "
                          f"{a:.0f} | {b:.0f} | {a / b:.2f}x |")
-    verdict = ""
-    if base and "dpo-lora-adapter" in results:
-        excess = results["dpo-lora-adapter"]["peak_mib"] / base - 1
-        verdict = (f"\nLoRA DPO with the adapter-off reference vs plain LoRA SFT on the same model and batch: "
-                   f"{excess:+.1%} peak memory ({'within' if abs(excess) <= 0.10 else 'NOT within'} the 10% "
-                   f"target).\n")
+    verdict = target_verdict(results, "dpo-lora-adapter", "sft-lora", "LoRA DPO with the adapter-off reference vs "
+                             "plain LoRA SFT on the same model and batch", TARGET, both_ways=True)
     return f"""## DPO peak memory
 
 Measured by [`benchmarks/dpo_memory.py`](benchmarks/dpo_memory.py), one fresh process per configuration
@@ -189,24 +181,10 @@ def main() -> None:
             parser.error(f"unknown configurations {unknown}")
     else:
         names = list(CONFIGS) + (list(TRL_CONFIGS) if importlib.util.find_spec("trl") else [])
-    results = {}
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               TRANSFORMERS_VERBOSITY="error", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
-    for name in names:
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--model", args.model, "--pairs",
-                              str(args.pairs), "--steps", str(args.steps), "--max_length", str(args.max_length),
-                              "--data", args.data],
-                             capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {name:<22} {results[name]['peak_mib']:8.0f} MiB  ({results[name]['train_s']:.1f} s)", flush=True)
-    base = results.get("sft-lora", {}).get("peak_mib")
-    print(f"| configuration | peak memory (MiB, {next(iter(results.values()))['device']}) | vs LoRA SFT |")
-    print("|---|---|---|")
-    for name, r in results.items():
-        ratio = f"{r['peak_mib'] / base:.2f}x" if base else "-"
-        print(f"| {CONFIGS.get(name) or TRL_CONFIGS[name]} | {r['peak_mib']:.0f} | {ratio} |")
+    flags = ["--model", args.model, "--pairs", str(args.pairs), "--steps", str(args.steps), "--max_length",
+             str(args.max_length), "--data", args.data]
+    results = run_children(__file__, names, lambda name: flags, width=22)
+    print(table(results))
     if args.output:
         command = " ".join(["python benchmarks/dpo_memory.py", *(shlex.quote(a) for a in sys.argv[1:])])
         with open(args.output, "w", encoding="utf-8") as f:

@@ -13,8 +13,9 @@ same shapes):
 - ``ppo-full``: full-weight ``PPOTrainer`` with a frozen copy as the reference.
 
 On CPU the figure is the peak resident memory above what the process held after its imports, prompts
-and tokenizer (``ru_maxrss`` delta, as in dpo_memory.py, whose measurement is inline in its child and
-not importable); on a GPU it is ``torch.cuda.max_memory_allocated``. float32, no gradient checkpointing.
+and tokenizer (``ru_maxrss`` delta); on a GPU it is ``torch.cuda.max_memory_allocated``: the measurement,
+the child processes and the table are ``benchmarks/memory.py``'s, shared with dpo_memory.py. float32, no
+gradient checkpointing.
 
     python benchmarks/ppo_memory.py --output benchmarks/ppo_memory.md
     python benchmarks/ppo_memory.py --quick
@@ -25,13 +26,12 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
+
+from memory import method, peak_memory, ratio_table, run_children, target_verdict
 
 CONFIGS = {
     "policy-lora": "LoRA policy alone: sample + forward/backward (the baseline)",
@@ -108,6 +108,7 @@ def ppo(model, tokenizer, rows, a, lora: bool, tmp: str) -> None:
 
     args = PPOConfig(output_dir=tmp, max_steps=a.steps, per_device_batch_size=a.batch, mini_batch_size=a.mini_batch,
                      num_epochs=a.epochs, learning_rate=LEARNING_RATE, max_new_tokens=a.max_new_tokens,
+                     min_new_tokens=a.max_new_tokens,  # same shapes as the baseline (eos masked)
                      temperature=1.0, top_k=0, top_p=1.0, reference="adapter" if lora else "copy", target_kl=None,
                      logging_steps=10**9, save_steps=0, disable_tqdm=True, seed=0)
     trainer = PPOTrainer(model, args, train_dataset=rows, reward_funcs=distinct_reward, processing_class=tokenizer,
@@ -115,7 +116,6 @@ def ppo(model, tokenizer, rows, a, lora: bool, tmp: str) -> None:
     expected = "adapter" if lora else "a frozen copy"
     if (trainer.reference == "adapter") != lora:
         raise RuntimeError(f"PPO reference is {trainer.reference!r}, expected {expected}")
-    trainer.sampler.sampling.min_new_tokens = a.max_new_tokens  # same shapes as the baseline (eos masked)
     trainer.train()  # rows come in a seeded order; all have the same length, so every batch has the same shape
 
 
@@ -131,39 +131,24 @@ def child(name: str, a) -> dict:
     from posttrain.rollout import PolicySampler, SamplingConfig, forward_completion  # noqa: F401
 
     transformers.logging.set_verbosity_error()
-    cuda = torch.cuda.is_available()
     tokenizer = load_tokenizer("tiny:llama")
     rows = prompt_rows(tokenizer, a.batch * a.steps)
     tmp = tempfile.mkdtemp(prefix="posttrain-ppo-memory-")
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    model = load_model(a.model, dtype=torch.float32, seed=0)
-    start = time.perf_counter()
-    if name == "policy-lora":
-        policy_alone(model, tokenizer, rows, a)
-    else:
-        ppo(model, tokenizer, rows, a, lora=name == "ppo-lora", tmp=tmp)
-    seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if cuda
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024)
-    return {"config": name, "peak_mib": peak / 2**20, "device": "cuda" if cuda else "cpu", "train_s": seconds}
+    with peak_memory() as peak:
+        model = load_model(a.model, dtype=torch.float32, seed=0)
+        start = time.perf_counter()
+        if name == "policy-lora":
+            policy_alone(model, tokenizer, rows, a)
+        else:
+            ppo(model, tokenizer, rows, a, lora=name == "ppo-lora", tmp=tmp)
+        seconds = time.perf_counter() - start
+    return {"config": name, "peak_mib": peak.mib, "device": peak.device, "train_s": seconds}
 
 
 def report(results: dict, a, command: str) -> str:
-    device = next(iter(results.values()))["device"]
-    what = "torch.cuda.max_memory_allocated" if device == "cuda" else "peak RSS above the post-import baseline"
-    base = results.get("policy-lora", {}).get("peak_mib")
-    lines = [f"| configuration | peak memory (MiB, {device}) | vs LoRA policy alone |", "|---|---:|---:|"]
-    for name, r in results.items():
-        ratio = f"{r['peak_mib'] / base:.2f}x" if base else "-"
-        lines.append(f"| {CONFIGS[name]} | {r['peak_mib']:.0f} | {ratio} |")
-    verdict = ""
-    if base and "ppo-lora" in results:
-        excess = results["ppo-lora"]["peak_mib"] / base - 1
-        verdict = (f"\nLoRA PPO (adapter-off reference + value head) vs the LoRA policy alone on the same batch: "
-                   f"{excess:+.1%} peak memory ({'within' if excess <= TARGET else 'NOT within'} the "
-                   f"{TARGET:.0%} target).\n")
+    what = method(next(iter(results.values()))["device"])
+    verdict = target_verdict(results, "ppo-lora", "policy-lora", "LoRA PPO (adapter-off reference + value head) "
+                             "vs the LoRA policy alone on the same batch", TARGET)
     return f"""## PPO peak memory
 
 Measured by [`benchmarks/ppo_memory.py`](benchmarks/ppo_memory.py), one fresh process per configuration
@@ -177,7 +162,7 @@ with no reference and no value head.
 {command}
 ```
 
-{chr(10).join(lines)}
+{ratio_table(results, CONFIGS, "policy-lora", "LoRA policy alone")}
 {verdict}"""
 
 
@@ -203,18 +188,9 @@ def main() -> None:
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     if not names or any(c not in CONFIGS for c in names):
         parser.error(f"--configs takes a subset of {','.join(CONFIGS)}")
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               TRANSFORMERS_VERBOSITY="error", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     flags = ["--model", args.model, "--batch", str(args.batch), "--mini_batch", str(args.mini_batch), "--epochs",
              str(args.epochs), "--max_new_tokens", str(args.max_new_tokens), "--steps", str(args.steps)]
-    results = {}
-    for name in names:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name, *flags],
-                             capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {name:<12} {results[name]['peak_mib']:8.0f} MiB  ({results[name]['train_s']:.1f} s)", flush=True)
+    results = run_children(__file__, names, lambda name: flags, width=12)
     command = " ".join(["python benchmarks/ppo_memory.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = report(results, args, command)
     print(text)
