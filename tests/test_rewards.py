@@ -88,7 +88,7 @@ def test_resolve_builtin_and_import_specs(tmp_path, monkeypatch):
     assert resolve_reward("length:20").target == 20
     assert resolve_reward(r"regex:^\d+").pattern.pattern == r"^\d+"
     assert resolve_reward("regex:a:b").pattern.pattern == "a:b"
-    assert set(BUILTIN_REWARDS) == {"sentiment", "length", "regex", "arithmetic"}
+    assert set(BUILTIN_REWARDS) == {"sentiment", "length", "regex", "arithmetic", "final_answer"}
     (tmp_path / "my_rewards_mod.py").write_text(
         "def shout(prompts, completions, **kwargs):\n    return [float(c.isupper()) for c in completions]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -137,3 +137,11 @@ def test_reward_model_directory_scores_like_a_manual_forward(tmp_path):
     # truncation keeps the prompt and cuts the completion to fit max_length
     short = RewardModelScorer(scorer.model, tok, max_length=8)
     assert len(short.tokenize(prompts[2], comps[2])) == 8
+
+
+def test_final_answer_reads_the_text_after_the_last_tool_result():
+    from posttrain.rewards import final_answer
+
+    completions = ["<call>calculator(6*7)</call><result>42</result>42", "<call>calculator(6*7)</call><result>42</result>",
+                   "<call>calculator(6*7)</call><result>42</result> it is 41", "42", "no tools: 41"]
+    assert final_answer([""] * 5, completions, answer=["42"] * 5) == [1.0, 0.0, 0.0, 1.0, 0.0]

@@ -123,3 +123,18 @@ def review_prompts(n: int, seed: int = 0) -> list[dict]:
     policy learns to continue them positively."""
     rng = random.Random(seed)
     return [{"prompt": rng.choice(OPENINGS).format(s=rng.choice(SUBJECTS))} for _ in range(n)]
+
+
+def tool_problems(n: int, seed: int = 0, low: int = 10, high: int = 99, demonstrate: bool = False) -> list[dict]:
+    """Multiplications a tiny model cannot do in its head, ``{"prompt": "37*24=", "answer": "888"}``;
+    with ``demonstrate`` also the completion that solves them with the calculator tool
+    (``<call>calculator(37*24)</call><result>888</result>888``), for SFT before RL in a TextEnvironment."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(low, high), rng.randint(low, high)
+        row = {"prompt": f"{a}*{b}=", "answer": str(a * b)}
+        if demonstrate:
+            row["completion"] = f"<call>calculator({a}*{b})</call><result>{a * b}</result>{a * b}"
+        rows.append(row)
+    return rows

@@ -4,8 +4,8 @@
 """
 
 from .base import RewardError, RewardResult, RewardSet, resolve_reward, reward_name
-from .builtin import BUILTIN_REWARDS, arithmetic, length, regex, sentiment
+from .builtin import BUILTIN_REWARDS, arithmetic, final_answer, length, regex, sentiment
 from .model import RewardModelScorer
 
-__all__ = ["BUILTIN_REWARDS", "RewardError", "RewardModelScorer", "RewardResult", "RewardSet", "arithmetic",
+__all__ = ["BUILTIN_REWARDS", "RewardError", "RewardModelScorer", "RewardResult", "RewardSet", "arithmetic", "final_answer",
            "length", "regex", "resolve_reward", "reward_name", "sentiment"]

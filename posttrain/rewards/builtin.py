@@ -87,12 +87,24 @@ def arithmetic(prompts, completions, answer=None, **kwargs) -> list[float | None
     """Exact match: 1.0 if the first integer in the completion (a leading '-' counts) equals the
     ``answer`` column (an int or a string), else 0.0; a completion without a number scores 0.
     Samples whose answer is None get None (the function does not apply)."""
+    return _first_integer_matches(completions, answer, "arithmetic")
+
+
+def final_answer(prompts, completions, answer=None, **kwargs) -> list[float | None]:
+    """``arithmetic`` on the model's own answer after its last tool result (the text after the last
+    ``</result>``; the whole completion when it called no tool), so copying the tool's output into the
+    call does not count: the answer must follow the result."""
+    answers = [c[c.rfind("</result>") + len("</result>"):] if "</result>" in c else c for c in completions]
+    return _first_integer_matches(answers, answer, "final_answer")
+
+
+def _first_integer_matches(texts, answer, name: str) -> list[float | None]:
     if answer is None:
-        raise ValueError("The 'arithmetic' reward compares completions with an 'answer' column, and the dataset "
+        raise ValueError(f"The {name!r} reward compares completions with an 'answer' column, and the dataset "
                          "has none. Add an 'answer' column holding each prompt's integer result "
                          "(e.g. posttrain.data.toy.arithmetic_problems).")
     out = []
-    for i, (text, expected) in enumerate(zip(completions, answer)):
+    for i, (text, expected) in enumerate(zip(texts, answer)):
         if expected is None:
             out.append(None)
             continue
@@ -108,6 +120,7 @@ BUILTIN_REWARDS = {
     "length": "length:N -- 1 - |completion tokens - N| / N, clipped at 0.",
     "regex": "regex:PATTERN -- 1 if the completion matches PATTERN (re.search), else 0.",
     "arithmetic": "1 if the first integer in the completion equals the 'answer' column, else 0.",
+    "final_answer": "like arithmetic, on the text after the last tool result (</result>).",
 }
 
 
@@ -115,10 +128,11 @@ def make_builtin(name: str, arg: str | None):
     """The built-in reward ``name`` built with ``arg`` (the text after ':'), or None if ``name`` is not one."""
     if name not in BUILTIN_REWARDS:
         return None
-    if name in ("sentiment", "arithmetic"):
+    plain = {"sentiment": sentiment, "arithmetic": arithmetic, "final_answer": final_answer}
+    if name in plain:
         if arg is not None:
             raise ValueError(f"The {name!r} reward takes no argument; use {name!r}, not {name + ':' + arg!r}.")
-        return sentiment if name == "sentiment" else arithmetic
+        return plain[name]
     if not arg:
         raise ValueError(f"The {name!r} reward needs an argument: {BUILTIN_REWARDS[name].split(' -- ')[0]}.")
     if name == "length":

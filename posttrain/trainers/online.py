@@ -65,6 +65,8 @@ class OnlineTrainer:
             else ([], [], {})
         self.rewards = self._reward_set(reward_funcs, reward_weights)
         self.sampler = rollout_source or PolicySampler(self.tokenizer, args.sampling())
+        if hasattr(self.sampler, "bind"):  # an environment (e.g. TextEnvironment) takes our tokenizer and sampling
+            self.sampler.bind(self.tokenizer, args.sampling())
         self.reference = self._reference(policy, ref_model)
         trainable = [p for p in policy.parameters() if p.requires_grad]
         if not trainable:
@@ -249,7 +251,8 @@ class OnlineTrainer:
         return self.log_history
 
     def log(self, metrics: dict) -> None:
-        entry = {"step": self.step_count, **{k: round(float(v), 6) for k, v in metrics.items()}}
+        entry = {"step": self.step_count,
+                 **{k: v if isinstance(v, int) else round(float(v), 6) for k, v in metrics.items()}}
         self.log_history.append(entry)
         if self.accelerator.is_main_process:
             os.makedirs(self.args.output_dir, exist_ok=True)
