@@ -27,7 +27,7 @@ class Rollout:
     completion_ids: torch.Tensor  # [B, C] right-padded
     completion_attention: torch.Tensor  # [B, C] 1 on real completion tokens (generated or inserted)
     completion_mask: torch.Tensor  # [B, C] 1 on tokens the policy generated (the loss's tokens)
-    logprobs: torch.Tensor | None = None  # [B, C] the policy's log-probs at sampling time (0 off-mask)
+    logprobs: torch.Tensor | None = None  # [B, C] the policy's log-probs at sampling time (0 on padding)
     prompts: list = field(default_factory=list)  # the dataset's prompt values (text or messages)
     columns: dict = field(default_factory=dict)  # other dataset columns, a list per column (for rewards)
 

@@ -296,8 +296,12 @@ class OnlineTrainer:
         """Method state beyond weights/optimizer (PPO adds its KL controller and score statistics)."""
         return {}
 
-    def load_trainer_state(self, state: dict) -> None:
+    def load_trainer_state(self, state: dict, checkpoint: str) -> None:
         pass
+
+    def checkpoint_files(self) -> list[str]:
+        """Files of the run (besides weights and state) that a checkpoint must carry."""
+        return []
 
     def _unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
@@ -318,6 +322,8 @@ class OnlineTrainer:
             save_file(trainable, os.path.join(staging, "trainable.safetensors"))
             torch.save(self.optimizer.state_dict(), os.path.join(staging, "optimizer.pt"))
             torch.save(self.lr_scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
+            for file in self.checkpoint_files():  # e.g. ReST's grown data: a checkpoint is self-contained
+                shutil.copy2(file, staging)
             state = {"step": self.step_count, "log_history": self.log_history, "method": self.trainer_state()}
             with open(os.path.join(staging, STATE_FILE), "w", encoding="utf-8") as fh:
                 json.dump(state, fh, indent=1)
@@ -367,7 +373,7 @@ class OnlineTrainer:
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as fh:
             state = json.load(fh)
         self.step_count, self.log_history = state["step"], state["log_history"]
-        self.load_trainer_state(state["method"])
+        self.load_trainer_state(state["method"], path)
         rng_file = os.path.join(path, f"rng_state_{self.accelerator.process_index}.pt")
         rng = torch.load(rng_file, weights_only=False)
         random.setstate(rng["python"])

@@ -165,7 +165,7 @@ class PPOTrainer(OnlineTrainer):
     def trainer_state(self) -> dict:
         return {"kl_ctl": self.kl_ctl.state_dict(), "score_moments": self.score_moments.state_dict()}
 
-    def load_trainer_state(self, state: dict) -> None:
+    def load_trainer_state(self, state: dict, checkpoint: str) -> None:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.score_moments.load_state_dict(state["score_moments"])
 
