@@ -7,10 +7,11 @@ from .config import DataArguments, ModelArguments
 from .data.formats import DataFormatError
 from .models.loading import load_model, load_tokenizer
 from .models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
-from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RewardConfig,
-                       RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
+from .rollout.environment import TextEnvironment
+from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, ReSTConfig,
+                       ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
 __all__ = ["AutoModelForCausalLMWithValueHead", "AutoModelForSeq2SeqLMWithValueHead", "DPOConfig", "DPOTrainer",
            "DataArguments", "DataFormatError", "GRPOConfig", "GRPOTrainer", "ModelArguments", "PPOConfig",
-           "PPOTrainer", "RLOOConfig", "RLOOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer",
+           "PPOTrainer", "ReSTConfig", "ReSTTrainer", "RLOOConfig", "RLOOTrainer", "TextEnvironment", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer",
            "load_model", "load_tokenizer"]

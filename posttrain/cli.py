@@ -15,8 +15,8 @@ from transformers import HfArgumentParser
 from .config import DataArguments, ModelArguments
 from .rewards import BUILTIN_REWARDS
 from .data.formats import DataFormatError, load_rows
-from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RewardConfig,
-                       RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
+from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, ReSTConfig,
+                       ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
 COMMANDS = {
     "sft": (SFTTrainer, SFTConfig, "causal-lm", "Supervised fine-tuning on text, prompt/completion or messages."),
@@ -29,8 +29,10 @@ COMMANDS = {
             "against --reward."),
     "grpo": (GRPOTrainer, GRPOConfig, "causal-lm", "GRPO: G samples per prompt, group-normalised advantages."),
     "rloo": (RLOOTrainer, RLOOConfig, "causal-lm", "RLOO: G samples per prompt, leave-one-out baselines."),
+    "rest": (ReSTTrainer, ReSTConfig, "causal-lm", "ReST: grow samples from the policy, fine-tune on the "
+             "best ones with rising thresholds."),
 }
-ONLINE = ("ppo", "grpo", "rloo")
+ONLINE = ("ppo", "grpo", "rloo", "rest")
 
 
 @dataclass
@@ -42,6 +44,9 @@ class RewardArguments:
                 + "), a 'package.module:function', or a reward-model directory (e.g. saved by posttrain reward)."})
     reward_weights: list[float] = field(default_factory=list, metadata={
         "help": "A weight per --reward (default: 1 each); the reward is their weighted sum."})
+    env: str | None = field(default=None, metadata={
+        "help": "Roll out in a tool environment instead of plain sampling: 'calculator' (built in), or "
+                "'package.module:factory', a function returning a posttrain TextEnvironment."})
 
 
 def _parse(command: str, argv: list[str]):
@@ -117,7 +122,8 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
 
 
 def run_online(command: str, model_args: ModelArguments, data_args: DataArguments, config, train_rows, eval_rows):
-    """PPO / GRPO / RLOO on prompt rows against --reward; evaluates on held-out prompts before and after."""
+    """PPO / GRPO / RLOO / ReST on prompt rows against --reward (in --env, if given); evaluates on held-out
+    prompts before and after."""
     from .models.loading import is_encoder_decoder, load_model
 
     trainer_cls = COMMANDS[command][0]
@@ -125,9 +131,15 @@ def run_online(command: str, model_args: ModelArguments, data_args: DataArgument
     model = load_model(model_args.model, task, dtype=model_args.dtype, seed=config.seed)
     model.config.name_or_path = model_args.model
     rewards = config.reward_args
+    extra = {"eval_dataset": eval_rows} if command == "rest" else {}
+    if rewards.env:
+        from .rollout.environment import load_environment
+
+        extra["rollout_source"] = load_environment(rewards.env)
     trainer = trainer_cls(model, config, train_dataset=train_rows, reward_funcs=rewards.reward,
                           reward_weights=rewards.reward_weights or None,
-                          peft_config=model_args.peft_config("SEQ_2_SEQ_LM" if task == "seq2seq" else "CAUSAL_LM"))
+                          peft_config=model_args.peft_config("SEQ_2_SEQ_LM" if task == "seq2seq" else "CAUSAL_LM"),
+                          **extra)
     trainer.dataset_name = data_args.dataset
     trainer.eval_before = trainer.evaluate(eval_rows) if eval_rows is not None else {}
     trainer.train()

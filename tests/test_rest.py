@@ -1,28 +1,33 @@
-"""ReST: rewards rise from Improve step to Improve step and from one Grow step to the next; every grown
-sample is on disk; resuming between steps reproduces the same grown data and weights."""
+"""ReST (examples/rest.py as shipped): rewards rise from Improve step to Improve step and from one Grow step
+to the next; every grown sample is on disk; resuming between steps reproduces the same grown data and
+weights."""
 
+import importlib.util
 import json
-import random
+from pathlib import Path
 
 import pytest
-import torch
 
-from posttrain import SFTConfig, SFTTrainer, load_model
+from posttrain import load_model
 from posttrain.data import toy
 from posttrain.trainers.rest import ReSTConfig, ReSTTrainer
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"posttrain_example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
-def review_model(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("review-sft"))
-    config = SFTConfig(output_dir=out, max_steps=150, per_device_train_batch_size=32, learning_rate=3e-3,
-                       save_strategy="no", report_to=[], disable_tqdm=True, logging_steps=50)
-    trainer = SFTTrainer("tiny:llama", config, train_dataset=toy.prompt_completion(4000, seed=1, positive=None))
-    trainer.train()
-    trainer.save_model(out)
-    prompts = sorted({r["prompt"] for r in toy.review_prompts(3000, seed=0)})
-    random.Random(0).shuffle(prompts)
-    return out, [{"prompt": p} for p in prompts[:140]], [{"prompt": p} for p in prompts[140:]] * 2
+def example(tmp_path_factory):
+    """examples/rest.py as shipped: SFT on mixed reviews, then ReST (2 Grow x 3 Improve) on VADER."""
+    out = tmp_path_factory.mktemp("rest-example")
+    return out, load_example("rest").run(str(out), disable_tqdm=True)
 
 
 def config(tmp_path, **kw):
@@ -32,13 +37,11 @@ def config(tmp_path, **kw):
     return ReSTConfig(**{**base, **kw})
 
 
-def test_rest_raises_sentiment_step_by_step(review_model, tmp_path):
-    model_dir, train, held = review_model
-    trainer = ReSTTrainer(load_model(model_dir), config(tmp_path), train_dataset=train, eval_dataset=held,
-                          reward_funcs=["sentiment"])
-    start = trainer.evaluate(held)["eval_reward"]
-    log = trainer.train()
-    print(f"\nReST on held-out review openings (VADER; the SFT model scores {start:+.4f}):\n{trainer.table()}")
+def test_rest_raises_sentiment_step_by_step(example):
+    out, trainer = example
+    log = trainer.log_history
+    print(f"\nReST on held-out review openings (VADER; the SFT model scores {trainer.start_reward:+.4f}):\n"
+          f"{trainer.table()}")
     grows = [e for e in log if e["improve"] < 0]
     improves = [[e for e in log if e["grow"] == g and e["improve"] >= 0] for g in (0, 1)]
     assert grows[1]["grow_reward"] > grows[0]["grow_reward"]
@@ -47,13 +50,15 @@ def test_rest_raises_sentiment_step_by_step(review_model, tmp_path):
         thresholds = [e["threshold"] for e in steps]
         assert rewards == sorted(rewards) and rewards[-1] > rewards[0], rewards
         assert thresholds == sorted(thresholds) and len({e["kept"] for e in steps}) == 3
-    assert improves[0][0]["reward"] > start
-    grown = [json.loads(line) for line in (tmp_path / "grow-1.jsonl").read_text().splitlines()]
+    assert improves[0][0]["reward"] > trainer.start_reward
+    grown = [json.loads(line) for line in (out / "rest" / "grow-1.jsonl").read_text().splitlines()]
     assert len(grown) == 140 * 4 and {"prompt", "completion", "completion_ids", "reward"} <= set(grown[0])
 
 
-def test_rest_resume_between_steps_reproduces_data_and_weights(review_model, tmp_path):
-    model_dir, train, held = review_model
+def test_rest_resume_between_steps_reproduces_data_and_weights(example, tmp_path):
+    model_dir = str(example[0] / "sft")
+    train = toy.review_prompts(40, seed=3)
+    held = toy.review_prompts(16, seed=4)
     small = dict(improve_steps=2, threshold_quantiles=[0.5, 0.8], samples_per_prompt=2)
 
     def run(out, resume=None):

@@ -13,14 +13,14 @@ the class name) is what logs and error messages show.
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 import os
-import re
 from dataclasses import dataclass, field
 
 import torch
+
+from ..imports import IMPORT_PATH, import_callable
 
 
 class RewardError(RuntimeError):
@@ -164,7 +164,6 @@ def _raise_for_sample(fn, name, prompts, completions, columns, err):
 
 
 # ---- specs -----------------------------------------------------------------------------------------
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def _spec_forms() -> str:
@@ -199,25 +198,6 @@ def resolve_reward(spec):
     builtin = make_builtin(name, arg if has_arg else None)
     if builtin is not None:
         return builtin
-    if _IMPORT_PATH.match(spec):
-        return _import_reward(spec)
+    if IMPORT_PATH.match(spec):
+        return import_callable(spec, "Reward")
     raise ValueError(f"Unknown reward {spec!r}. Valid forms: {_spec_forms()}.")
-
-
-def _import_reward(spec: str):
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
-            raise ValueError(f"Reward {spec!r}: no module named {err.name!r}. Check the spelling and that the "
-                             "module is importable (installed, or its folder on PYTHONPATH).") from err
-        raise ValueError(f"Reward {spec!r}: importing {module_name!r} failed: {err}") from err
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"Reward {spec!r}: module {module_name!r} has no attribute {attr!r}.")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"Reward {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable.")
-    return obj

@@ -193,3 +193,27 @@ class TextEnvironment:
         finally:
             model.train(was_training)
         return rollout
+
+
+def calculator_environment(max_turns: int = 2, max_tokens: int = 48, header: str = "") -> TextEnvironment:
+    """The calculator task's environment (``--env calculator``): one tool, no header (the SFT
+    demonstrations teach the call syntax), room for a call, its result and the answer."""
+    from ..tools import calculator
+
+    return TextEnvironment([calculator], max_turns=max_turns, max_tokens=max_tokens, header=header)
+
+
+BUILTIN_ENVIRONMENTS = {"calculator": calculator_environment}
+
+
+def load_environment(spec: str) -> TextEnvironment:
+    """An environment from a spec: a built-in name (``calculator``) or ``package.module:factory``, a function
+    called with no arguments that returns the environment."""
+    if spec in BUILTIN_ENVIRONMENTS:
+        return BUILTIN_ENVIRONMENTS[spec]()
+    from ..imports import IMPORT_PATH, import_callable
+
+    if not IMPORT_PATH.match(spec):
+        raise ValueError(f"Unknown environment {spec!r}: use a built-in ({', '.join(BUILTIN_ENVIRONMENTS)}) or "
+                         "'package.module:factory' (a function returning a TextEnvironment).")
+    return import_callable(spec, "Environment")()

@@ -2,8 +2,9 @@ from .dpo import DPOConfig, DPOTrainer
 from .group import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from .online_config import OnlineConfig
 from .ppo import PPOConfig, PPOTrainer
+from .rest import ReSTConfig, ReSTTrainer
 from .reward import RewardConfig, RewardTrainer
 from .sft import SFTConfig, SFTTrainer
 
 __all__ = ["DPOConfig", "DPOTrainer", "GRPOConfig", "GRPOTrainer", "OnlineConfig", "PPOConfig", "PPOTrainer",
-           "RLOOConfig", "RLOOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer"]
+           "ReSTConfig", "ReSTTrainer", "RLOOConfig", "RLOOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer"]
