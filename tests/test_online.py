@@ -204,3 +204,24 @@ def test_conversational_prompts_use_the_chat_template(tokenizer):
     assert trainer.prompt_ids[0] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
     assert rendered.endswith("<|im_start|>assistant\n")
     assert len(trainer.train()) == 2
+
+
+def test_cli_rest_and_grpo_in_the_calculator_environment(tmp_path, capsys):
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in toy.tool_problems(16, seed=0)))
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps(r) + "\n" for r in toy.review_prompts(16, seed=0)))
+    runs = {"grpo": ["--dataset", str(data), "--reward", "final_answer", "--env", "calculator",
+                     "--max_steps", "2", "--num_generations", "2", "--max_new_tokens", "8"],
+            "rest": ["--dataset", str(reviews), "--reward", "sentiment", "--grow_steps", "1", "--improve_steps", "2",
+                     "--samples_per_prompt", "2", "--max_new_tokens", "6", "--save_steps", "1"]}
+    for command, args in runs.items():
+        out = tmp_path / command
+        code = main([command, "--model", "tiny:llama", *args, "--output_dir", str(out), "--per_device_batch_size", "4",
+                     "--disable_tqdm", "true", "--eval_fraction", "0.25"])
+        assert code == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert line.startswith(f"posttrain {command}: saved to {out}") and "eval_reward" in line
+    assert (tmp_path / "rest" / "grow-0.jsonl").exists() and (tmp_path / "rest" / "checkpoint-3").is_dir()
+    with pytest.raises(ValueError, match="Unknown environment"):
+        main(["grpo", "--model", "tiny:llama", "--dataset", str(data), "--reward", "final_answer", "--env", "nope"])

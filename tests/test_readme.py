@@ -20,3 +20,7 @@ def test_python_quick_start_runs(tmp_path, monkeypatch, capsys):
     evaluation = eval(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(evaluation) == {"eval_reward", "eval_kl", "eval_length"}
     assert (tmp_path / "runs" / "quickstart-ppo" / "value_head.safetensors").exists()
+    tools = re.search(r"### Tools and self-training\s+```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(tools, "README tools quick start", "exec"), scope)
+    assert len(scope["trainer"].log_history) == 2

@@ -56,6 +56,13 @@ def ppo_args(tmp_path, learning_rate: float) -> PPOConfig:
                      logging_steps=5, disable_tqdm=True)
 
 
+def train_between_evaluations(trainer, held):
+    """Held-out metrics before, the training log, held-out metrics after."""
+    before = trainer.evaluate(held)
+    history = trainer.train()
+    return before, history, trainer.evaluate(held)
+
+
 def curve(history, key="reward"):
     return " ".join(f"{e[key]:+.2f}" for e in history)
 
@@ -78,9 +85,7 @@ def test_ppo_raises_sentiment_within_kl_bound(reviews, tmp_path):
     model_dir, train, held = reviews
     args = ppo_args(tmp_path, learning_rate=1e-4)
     trainer = PPOTrainer(load_model(model_dir), args, train_dataset=train, reward_funcs=["sentiment"])
-    before = trainer.evaluate(held)
-    history = trainer.train()
-    after = trainer.evaluate(held)
+    before, history, after = train_between_evaluations(trainer, held)
     print(f"\nPPO held-out VADER {before['eval_reward']:+.3f} -> {after['eval_reward']:+.3f}, KL to the SFT model "
           f"{after['eval_kl']:.2f} nats (bound {KL_BOUND}); train reward {curve(history)}; kl {curve(history, 'kl')}")
     assert after["eval_reward"] - before["eval_reward"] >= 0.3
@@ -92,7 +97,7 @@ def test_lora_only_ppo_learns_with_the_adapter_off_as_reference(reviews, tmp_pat
     import peft
 
     model_dir, train, held = reviews
-    args = ppo_args(tmp_path, learning_rate=2e-3)
+    args = ppo_args(tmp_path, learning_rate=1e-3)
     lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = PPOTrainer(load_model(model_dir), args, train_dataset=train, reward_funcs=["sentiment"],
                          peft_config=lora)
@@ -100,12 +105,10 @@ def test_lora_only_ppo_learns_with_the_adapter_off_as_reference(reviews, tmp_pat
     trainable = {n.split(".")[0] if "lora" not in n else "lora" for n, p in trainer.model.named_parameters()
                  if p.requires_grad}
     assert trainable == {"lora", "v_head"}
-    before = trainer.evaluate(held)
-    history = trainer.train()
-    after = trainer.evaluate(held)
+    before, history, after = train_between_evaluations(trainer, held)
     print(f"\nLoRA PPO held-out VADER {before['eval_reward']:+.3f} -> {after['eval_reward']:+.3f}, KL "
           f"{after['eval_kl']:.2f}; train reward {curve(history)}")
-    assert after["eval_reward"] - before["eval_reward"] >= 0.2
+    assert after["eval_reward"] - before["eval_reward"] >= 0.2 and after["eval_kl"] < KL_BOUND
     base = load_model(model_dir)
     with torch.no_grad(), trainer.model.pretrained_model.disable_adapter():
         ids = torch.tensor([[5, 6, 7, 8]])
