@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import posttrain
-from posttrain import GRPOConfig, GRPOTrainer
+from posttrain import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
 from posttrain.data import toy
 from posttrain.losses.rl import clipped_policy_loss
 from posttrain.rollout import SamplingConfig, forward_completion
@@ -394,3 +394,15 @@ def test_grpo_step_with_tool_output_in_the_rollouts(tmp_path):
     assert trainer.score(rollout).rewards.tolist() == [1.0] * len(texts)
     (entry,) = trainer.train()
     assert entry["reward"] == 1.0 and math.isfinite(entry["loss"])
+
+
+def test_ppo_step_with_tool_output_in_the_rollouts(tmp_path):
+    """PPO in an environment: the score lands on the last generated token, GAE skips the tool output."""
+    env = TextEnvironment([calculator], header="", max_turns=2, max_tokens=64)
+    env.backend = SolvesWithTheTool()
+    args = PPOConfig(max_steps=1, per_device_batch_size=4, mini_batch_size=2, max_new_tokens=32, disable_tqdm=True,
+                     output_dir=str(tmp_path))
+    trainer = PPOTrainer("tiny:llama", args, train_dataset=toy.tool_problems(8), reward_funcs=["final_answer"],
+                         rollout_source=env)
+    (entry,) = trainer.train()
+    assert entry["reward"] == 1.0 and math.isfinite(entry["value_loss"]) and math.isfinite(entry["policy_loss"])

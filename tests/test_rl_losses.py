@@ -245,3 +245,23 @@ def test_running_moments_match_concatenation():
             rm.load_state_dict(state)
     with pytest.raises(ValueError):
         rm.update(torch.tensor([]))
+
+
+def test_gae_skips_masked_positions_inside_a_row():
+    """Tool output inside an episode (mask 0) is skipped: the row equals the same row with it cut out."""
+    rewards = torch.tensor([[0.1, -0.2, 9.0, 9.0, 0.3, 1.0]])
+    values = torch.tensor([[0.5, 0.4, 7.0, 7.0, 0.2, 0.6]])
+    mask = torch.tensor([[1, 1, 0, 0, 1, 1]])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    keep = mask[0].bool()
+    cut_adv, cut_ret = gae(rewards[:, keep], values[:, keep], torch.ones(1, 4), gamma=0.9, lam=0.8)
+    assert adv[0, keep].tolist() == pytest.approx(cut_adv[0].tolist())
+    assert ret[0, keep].tolist() == pytest.approx(cut_ret[0].tolist())
+    assert adv[0, ~keep].tolist() == [0.0, 0.0] and ret[0, ~keep].tolist() == [0.0, 0.0]
+    # by hand for the cut row [0.1, -0.2, 0.3, 1.0] / [0.5, 0.4, 0.2, 0.6]
+    deltas = [0.1 + 0.9 * 0.4 - 0.5, -0.2 + 0.9 * 0.2 - 0.4, 0.3 + 0.9 * 0.6 - 0.2, 1.0 - 0.6]
+    expected, running = [], 0.0
+    for d in reversed(deltas):
+        running = d + 0.9 * 0.8 * running
+        expected.insert(0, running)
+    assert cut_adv[0].tolist() == pytest.approx(expected)

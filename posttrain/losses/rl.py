@@ -73,8 +73,10 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     """Generalised advantage estimation (Schulman et al., 2016) on right-padded rows.
 
     ``δ_t = r_t + γ V_{t+1} - V_t`` and ``A_t = δ_t + γλ A_{t+1}``, where the value and advantage
-    after a row's last valid token are 0 (the episode ends). Returns ``(advantages, returns)`` with
-    ``returns = advantages + values``; both are 0 outside ``mask``. Not differentiable by design
+    after a row's last valid token are 0 (the episode ends). Positions outside ``mask`` inside a row
+    (tool output in a TextEnvironment episode) are skipped: ``t + 1`` is the next valid position, so the
+    advantages before a tool call still see the rewards after it. Returns ``(advantages, returns)``
+    with ``returns = advantages + values``; both are 0 outside ``mask``. Not differentiable by design
     (inputs are detached).
     """
     m = _bool(mask)
@@ -87,7 +89,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         adv = (delta + gamma * lam * next_adv).masked_fill(~m[:, t], 0)
         advantages[:, t] = adv
-        next_value, next_adv = values[:, t], adv  # both 0 at padding, so row ends see 0
+        # masked positions pass the next valid position's value on; at the row end that is 0
+        next_value = torch.where(m[:, t], values[:, t], next_value)
+        next_adv = torch.where(m[:, t], adv, next_adv)
     return advantages, (advantages + values).masked_fill(~m, 0)
 
 
