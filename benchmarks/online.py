@@ -308,6 +308,12 @@ Command (took {elapsed / 60:.1f} min; torch threads {torch.get_num_threads()}):
   (sampling, reward, update); TRL 0.11.4 (its script): from tokenizing the step's prompts to the return of
   `step()`. Throughput = timed completions / sum over steps of the step's fastest round.
 
+- **Not benchmarked against TRL: ReST and TextEnvironment rollouts.** TRL has no ReST trainer, and
+  TRL 1.16 has no TextEnvironment (0.11.4's was a separate, text-in/text-out API). ReST's Grow step is
+  the rollout path timed in the rows above (sampling + scoring); its Improve step is NLL on token ids
+  through the same mini-batch loop. Tool rollouts re-run generation once per turn without reusing the
+  KV cache across turns (a known cost, noted in the code's docs).
+
 Per run:
 
 {details(results, families)}

@@ -16,7 +16,8 @@ rendered by the template (``tools=``), the model writes ``<tool_call>{"name": ..
 {...}}</tool_call>`` (the Hermes/Qwen convention), and the result is rendered as a ``tool`` message.
 
 Token-in/token-out: generated tokens are kept as generated and inserted text is tokenized once, on
-its own; nothing is decoded and re-encoded. The completion mask is 1 only on generated tokens, so
+its own; nothing is decoded and re-encoded. Each turn re-runs generation over the episode so far
+(the KV cache is not kept across turns): simple and exact, at the cost of recomputing the prefix. The completion mask is 1 only on generated tokens, so
 tool output (and template text around it) carries no policy loss. A tool that raises, gets a
 malformed call or an unknown name returns an error text to the model; the rollout goes on.
 """
