@@ -225,3 +225,10 @@ def test_cli_rest_and_grpo_in_the_calculator_environment(tmp_path, capsys):
     assert (tmp_path / "rest" / "grow-0.jsonl").exists() and (tmp_path / "rest" / "checkpoint-3").is_dir()
     with pytest.raises(ValueError, match="Unknown environment"):
         main(["grpo", "--model", "tiny:llama", "--dataset", str(data), "--reward", "final_answer", "--env", "nope"])
+
+
+def test_ppo_without_reference_has_no_kl_penalty(tokenizer):
+    trainer = PPOTrainer("tiny:llama", quick(PPOConfig, reference="none"))
+    assert trainer.reference is None
+    stats = trainer.step([torch.tensor(tokenize_prompt(tokenizer, PROMPTS[0]))], [torch.tensor([5, 6])], [1.0])
+    assert stats["kl"] == 0.0 and stats["non_score_reward"] == 0.0

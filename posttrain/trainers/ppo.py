@@ -119,7 +119,8 @@ class PPOTrainer(OnlineTrainer):
         mask = rollout.completion_mask.float()
         with torch.no_grad(), self.accelerator.autocast():
             logps, values = forward_completion(self.model, rollout, temperature, with_values=True)
-        ref_logps = self.reference_logps(rollout, temperature)
+        # reference="none" turns the KL penalty off (the policy is its own reference)
+        ref_logps = self.reference_logps(rollout, temperature) if self.reference is not None else logps
         kl = kl_per_token(logps, ref_logps, args.kl_estimator) * mask
         processed = self.process_scores(scores)
         rewards = -self.kl_ctl.value * kl
