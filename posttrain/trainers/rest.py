@@ -28,6 +28,8 @@ from .online_config import OnlineConfig
 
 @dataclass
 class ReSTConfig(OnlineConfig):
+    max_steps: int = field(default=1, metadata={
+        "help": "Not set by hand for ReST: it becomes grow_steps x (1 + improve_steps), the number of phases."})
     grow_steps: int = field(default=2, metadata={"help": "Grow steps (each samples a fresh dataset from the policy)."})
     improve_steps: int = field(default=3, metadata={"help": "Improve steps per Grow step (rising thresholds)."})
     samples_per_prompt: int = field(default=4, metadata={"help": "Completions sampled per prompt in a Grow step."})
