@@ -13,9 +13,9 @@ import os
 
 import torch
 
-from ..data.collate import pad
 from ..data.tokenize import check_tokenizer, fit_prompt_and_answers, render_segments, tokenize_segments
 from ..models.loading import load_model, load_tokenizer
+from ..rollout.batch import pad_with_attention
 
 
 class RewardModelScorer:
@@ -82,8 +82,7 @@ class RewardModelScorer:
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start: start + self.batch_size]
                     seqs = [sequences[i] for i in chunk]
-                    input_ids = pad(seqs, self.pad_token_id).to(device)
-                    attention_mask = pad([[1] * len(s) for s in seqs], 0).to(device)
+                    input_ids, attention_mask = pad_with_attention(seqs, self.pad_token_id, device=device)
                     logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
                     for i, value in zip(chunk, logits[:, 0].float().tolist()):
                         scores[i] = value

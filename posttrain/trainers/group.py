@@ -121,12 +121,8 @@ class GRPOTrainer(OnlineTrainer):
         stats["loss"] = loss.detach()
         return loss * weight, stats
 
-    def micro_weight(self, batch, idx, mb_index) -> float:
-        """Token-mean aggregation weighs a micro-batch by its share of the mini-batch's loss tokens."""
-        if self.args.loss_aggregation != "token" or len(idx) == len(mb_index):
-            return len(idx) / len(mb_index)
-        mask = batch.completion_mask
-        return float(mask[idx].sum() / mask[mb_index].sum().clamp(min=1))
+    def loss_aggregation(self) -> str:
+        return self.args.loss_aggregation
 
 
 class RLOOTrainer(GRPOTrainer):

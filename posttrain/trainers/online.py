@@ -217,9 +217,17 @@ class OnlineTrainer:
         out["epochs"] = epochs
         return out
 
+    def loss_aggregation(self) -> str:
+        """How the method's loss reduces tokens (see ``losses.rl.aggregate``); PPO and ReST: token means."""
+        return "token"
+
     def micro_weight(self, batch: Rollout, idx, mb_index) -> float:
-        """The micro-batch's share of its mini-batch, so accumulation equals one big batch."""
-        return len(idx) / len(mb_index)
+        """The micro-batch's share of its mini-batch, so accumulation equals one big batch: its share of
+        the loss tokens for token means, of the rows otherwise."""
+        if self.loss_aggregation() != "token" or len(idx) == len(mb_index):
+            return len(idx) / len(mb_index)
+        mask = batch.completion_mask
+        return float(mask[idx].sum() / mask[mb_index].sum().clamp(min=1))
 
     def early_stop(self, epoch_stats: list[dict]) -> bool:
         return False

@@ -152,11 +152,6 @@ class PPOTrainer(OnlineTrainer):
                       "loss": loss.detach()})
         return loss * weight, stats
 
-    def micro_weight(self, batch, idx, mb_index) -> float:
-        """Token means: a micro-batch weighs its share of the mini-batch's loss tokens."""
-        mask = batch.completion_mask
-        return float(mask[idx].sum() / mask[mb_index].sum().clamp(min=1))
-
     def early_stop(self, epoch_stats: list[dict]) -> bool:
         if self.args.early_stop_kl is None or not epoch_stats:
             return False

@@ -147,10 +147,6 @@ class ReSTTrainer(OnlineTrainer):
         nll = aggregate(-logps * extras["weights"][:, None], mb.completion_mask, "token")
         return nll * weight, {"nll": nll.detach()}
 
-    def micro_weight(self, batch, idx, mb_index) -> float:
-        mask = batch.completion_mask
-        return float(mask[idx].sum() / mask[mb_index].sum().clamp(min=1))
-
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | None = None):
         resume = resume_from_checkpoint or self.args.resume_from_checkpoint
