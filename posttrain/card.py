@@ -72,3 +72,15 @@ def write_model_card(output_dir: str, *, base_model: str, method: str, dataset: 
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
     return path
+
+
+def append_card_section(output_dir: str, title: str, lines: list[str]) -> str:
+    """Add (or replace) a ``## title`` section at the end of ``output_dir/README.md``."""
+    path = os.path.join(output_dir, "README.md")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    heading = f"## {title}"
+    text = text.split("\n" + heading + "\n")[0].rstrip("\n") + "\n"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n" + "\n".join([heading, "", *lines]) + "\n")
+    return path

@@ -93,20 +93,23 @@ def _split(data_args: DataArguments, seed: int):
     return train, None
 
 
-def run_training(command: str, model_args: ModelArguments, data_args: DataArguments, config):
-    """Build the trainer for ``command``, train, save to ``config.output_dir``; returns the trainer."""
+def run_training(command: str, model_args: ModelArguments, data_args: DataArguments, config, callbacks=None):
+    """Build the trainer for ``command``, train, save to ``config.output_dir``; returns the trainer.
+
+    ``callbacks``: ``transformers.TrainerCallback`` objects for the offline commands, callables
+    ``fn(trainer)`` run after every step for the online ones."""
     from .models.loading import load_model
 
     trainer_cls, _, task, _ = COMMANDS[command]
     train_rows, eval_rows = _split(data_args, config.seed)
     if command in ONLINE:
-        return run_online(command, model_args, data_args, config, train_rows, eval_rows)
+        return run_online(command, model_args, data_args, config, train_rows, eval_rows, callbacks)
     if eval_rows is not None and config.eval_strategy == "no":
         config.eval_strategy = "steps"
         config.eval_steps = config.eval_steps or config.logging_steps
     model = load_model(model_args.model, task, dtype=model_args.dtype, seed=config.seed)
     model.config.name_or_path = model_args.model
-    trainer = trainer_cls(model, config, train_dataset=train_rows, eval_dataset=eval_rows,
+    trainer = trainer_cls(model, config, train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks,
                           peft_config=model_args.peft_config("SEQ_CLS" if task == "seq-cls" else "CAUSAL_LM"))
     trainer.dataset_name = data_args.dataset
     resume = config.resume_from_checkpoint
@@ -121,7 +124,8 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
     return trainer
 
 
-def run_online(command: str, model_args: ModelArguments, data_args: DataArguments, config, train_rows, eval_rows):
+def run_online(command: str, model_args: ModelArguments, data_args: DataArguments, config, train_rows, eval_rows,
+               callbacks=None):
     """PPO / GRPO / RLOO / ReST on prompt rows against --reward (in --env, if given); evaluates on held-out
     prompts before and after."""
     from .models.loading import is_encoder_decoder, load_model
@@ -137,7 +141,7 @@ def run_online(command: str, model_args: ModelArguments, data_args: DataArgument
 
         extra["rollout_source"] = load_environment(rewards.env)
     trainer = trainer_cls(model, config, train_dataset=train_rows, reward_funcs=rewards.reward,
-                          reward_weights=rewards.reward_weights or None,
+                          reward_weights=rewards.reward_weights or None, callbacks=callbacks,
                           peft_config=model_args.peft_config("SEQ_2_SEQ_LM" if task == "seq2seq" else "CAUSAL_LM"),
                           **extra)
     trainer.dataset_name = data_args.dataset

@@ -1,8 +1,16 @@
-"""``posttrain demo``: the offline pipeline on a tiny model, in stages that reuse each other's outputs.
+"""``posttrain demo``: the whole RLHF pipeline, offline, on a tiny Llama, with a report.
 
-Stages so far: ``sft`` (review openings -> positive continuations), ``reward`` (a reward model
-that prefers positive continuations) and ``dpo`` (DPO from the SFT model on the same pairs).
-PPO and the report build on these (see the project's issues).
+1. pretrain  a tiny Llama-style model from scratch on the shipped corpus of short reviews
+2. sft       on review openings -> continuations of mixed sentiment
+3. reward    a reward model (from the SFT model) on preference pairs: the positive continuation wins
+4. ppo       PPO against the reward model with a KL penalty to the SFT model, at several KL weights
+5. dpo       DPO from the SFT model on the same pairs, at several betas
+6. report    report.html and PNG plots: reward and KL over PPO steps, loss curves, the reward-vs-KL
+             frontier of PPO and DPO (the DPO paper's IMDb experiment in miniature), samples
+
+Every model is evaluated on review openings that no stage trains on: reward-model score, sentiment
+(VADER), KL to the SFT model and sample texts. Stages can be run alone (``--stage ppo``); each one
+reads the outputs of the stages before it from ``--output_dir``.
 """
 
 from __future__ import annotations
@@ -10,14 +18,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import time
+from importlib import resources
 
-from .cli import run_training, summary
+import torch
+
+from .card import append_card_section
+from .cli import RewardArguments, run_training, summary
 from .config import DataArguments, ModelArguments
 from .data import toy
-from .trainers import DPOConfig, RewardConfig, SFTConfig
+from .evaluation import evaluate_policy
+from .models.loading import load_model, load_tokenizer
+from .rewards import RewardModelScorer
+from .rewards.builtin import sentiment
+from .trainers import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from transformers import TrainerCallback
 
-STAGES = {"sft": (SFTConfig, 1e-3), "reward": (RewardConfig, 5e-4), "dpo": (DPOConfig, 5e-4)}  # config, lr
+STAGES = ("pretrain", "sft", "reward", "ppo", "dpo", "report")
+NEEDS = {"sft": ("pretrain",), "reward": ("sft",), "ppo": ("sft", "reward"), "dpo": ("sft", "reward"),
+         "report": ("sft", "reward")}
+STEPS = {"pretrain": 400, "sft": 150, "reward": 150, "ppo": 40, "dpo": 120}  # optimizer steps per stage
+LEARNING_RATES = {"pretrain": 1e-3, "sft": 5e-4, "reward": 5e-4, "ppo": 1e-4, "dpo": 1e-4}
+EVAL_PROMPTS = toy.held_out_openings(40)
+MAX_NEW_TOKENS = 24
+PROBES = 4  # evaluations along each PPO / DPO run (the last one after saving): points of its frontier path
 
 
 def _write_jsonl(rows: list[dict], path: str) -> str:
@@ -27,41 +52,224 @@ def _write_jsonl(rows: list[dict], path: str) -> str:
     return path
 
 
-def _common(out: str, steps: int, quick: bool) -> dict:
-    return dict(output_dir=out, max_steps=steps, per_device_train_batch_size=16, logging_steps=max(steps // 8, 1),
-                save_steps=steps, lr_scheduler_type="cosine", warmup_steps=0, seed=0, report_to="none",
-                disable_tqdm=quick)
+def _write_json(value, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(value, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def write_data(data_dir: str) -> dict[str, str]:
+    """The demo's datasets as JSONL files; no row starts with a held-out opening."""
+    held = set(EVAL_PROMPTS)
+    corpus = resources.files("posttrain").joinpath("assets/reviews.txt").read_text(encoding="utf-8")
+    keep = lambda rows: [r for r in rows if r["prompt"] not in held]  # noqa: E731
+    return {
+        "pretrain": _write_jsonl([{"text": line} for line in corpus.splitlines() if line],
+                                 os.path.join(data_dir, "pretrain.jsonl")),
+        "sft": _write_jsonl(keep(toy.prompt_completion(1200, seed=1, positive=None)),
+                            os.path.join(data_dir, "sft.jsonl")),
+        "preferences": _write_jsonl(keep(toy.preference_pairs(1200, seed=2)),
+                                    os.path.join(data_dir, "preferences.jsonl")),
+        "prompts": _write_jsonl(keep(toy.review_prompts(1200, seed=3)), os.path.join(data_dir, "prompts.jsonl")),
+    }
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), {device}; "
+            f"torch {torch.__version__}")
+
+
+class FrontierProbe(TrainerCallback):
+    """Evaluates the model being trained every ``every`` steps: the points of its reward-vs-KL path.
+    A ``TrainerCallback`` for DPO, a plain ``fn(trainer)`` step callback for PPO. Evaluation sampling
+    runs under its own seed and leaves the training RNG alone, so probing does not change training."""
+
+    def __init__(self, demo: "Demo", every: int):
+        self.demo, self.every, self.points = demo, every, []
+
+    def probe(self, step: int, model, tokenizer) -> None:
+        if step % self.every == 0:
+            result = self.demo.measure(model, tokenizer)
+            self.points.append({"step": step, **{k: result[k] for k in ("rm_score", "sentiment", "kl", "length")}})
+
+    def __call__(self, trainer) -> None:  # online trainers
+        if trainer.step_count < trainer.args.max_steps:  # the final model is evaluated after saving
+            self.probe(trainer.step_count, trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if state.global_step < state.max_steps:
+            self.probe(state.global_step, model, processing_class)
+
+
+class Demo:
+    """The stages, in order; each writes ``<output_dir>/<stage>/stage.json`` for the report."""
+
+    def __init__(self, args):
+        self.args, self.out = args, args.output_dir
+        self.data = write_data(os.path.join(self.out, "data"))
+        self._judges = None  # (reward-model scorer, SFT model) for evaluation, loaded on first use
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+    def steps(self, stage: str) -> int:
+        return self.args.steps or STEPS[stage]
+
+    def common(self, out: str, steps: int) -> dict:
+        return dict(output_dir=out, max_steps=steps, per_device_train_batch_size=16, logging_steps=max(steps // 20, 1),
+                    save_steps=steps, lr_scheduler_type="cosine", warmup_steps=0, seed=0, report_to="none",
+                    disable_tqdm=self.args.quick, max_length=96)
+
+    # ---- evaluation on held-out openings --------------------------------------------------------------
+    def measure(self, model, tokenizer, with_rm: bool = True) -> dict:
+        """Sentiment and samples; with the reward model also its score and the KL to the SFT model."""
+        rewards, reference = {"sentiment": sentiment}, None
+        if with_rm:  # once the reward model exists (loaded once per stage)
+            if self._judges is None:
+                self._judges = RewardModelScorer(self.path("reward")), load_model(self.path("sft"), "causal-lm")
+            rewards["rm_score"], reference = self._judges
+        return evaluate_policy(model, tokenizer, EVAL_PROMPTS, rewards, reference=reference,
+                               max_new_tokens=MAX_NEW_TOKENS, seed=self.args.seed)
+
+    def evaluate(self, name: str, method: str, model_dir: str, label=None, main=True, with_rm=True) -> dict:
+        """Evaluate a saved model and add the result to its model card."""
+        result = self.measure(load_model(model_dir, "causal-lm"), load_tokenizer(model_dir), with_rm)
+        result.update(name=name, method=method, label=label, main=main)
+        if with_rm:
+            append_card_section(model_dir, "Held-out evaluation (posttrain demo)", [
+                f"On {len(EVAL_PROMPTS)} review openings no stage trained on, one sample each at temperature 1:",
+                "", f"- reward-model score: {result['rm_score']:.4f}", f"- sentiment (VADER): {result['sentiment']:.4f}",
+                f"- KL to the SFT model: {result['kl']:.4f} nats per completion",
+                f"- completion length: {result['length']:.1f} tokens"])
+        return result
+
+    @staticmethod
+    def eval_line(result: dict) -> str:
+        parts = [f"held-out {k} {result[k]:+.3f}" for k in ("rm_score", "sentiment", "kl") if k in result]
+        return " | ".join(parts) + f" | e.g. {result['samples'][0]['prompt']}{result['samples'][0]['completion']!r}"
+
+    # ---- the stages ------------------------------------------------------------------------------------
+    def train(self, command: str, model: str, dataset: str, config, eval_fraction: float = 0.0, callbacks=None):
+        start = time.perf_counter()
+        trainer = run_training(command, ModelArguments(model=model),
+                               DataArguments(dataset=dataset, eval_fraction=eval_fraction), config, callbacks)
+        history = trainer.log_history if command == "ppo" else trainer.state.log_history
+        return trainer, history, summary(command, trainer, time.perf_counter() - start)
+
+    def pretrain(self) -> dict:
+        config = SFTConfig(learning_rate=LEARNING_RATES["pretrain"], **self.common(self.path("pretrain"), self.steps("pretrain")))
+        _, history, line = self.train("sft", self.args.model, self.data["pretrain"], config)
+        sample = self.evaluate("pretrain", "pretrain", self.path("pretrain"), with_rm=False)
+        return {"summary": line + " | " + self.eval_line(sample), "history": history}
+
+    def sft(self) -> dict:
+        config = SFTConfig(learning_rate=LEARNING_RATES["sft"], **self.common(self.path("sft"), self.steps("sft")))
+        _, history, line = self.train("sft", self.path("pretrain"), self.data["sft"], config)
+        sample = self.evaluate("sft", "sft", self.path("sft"), with_rm=False)
+        return {"summary": line + " | " + self.eval_line(sample), "history": history}
+
+    def reward(self) -> dict:
+        config = RewardConfig(learning_rate=LEARNING_RATES["reward"], **self.common(self.path("reward"), self.steps("reward")))
+        _, history, line = self.train("reward", self.path("sft"), self.data["preferences"], config, 0.1)
+        evaluations = [self.evaluate("pretrain", "pretrain", self.path("pretrain")),
+                       self.evaluate("sft", "sft", self.path("sft"))]
+        return {"summary": line + " | SFT " + self.eval_line(evaluations[1]), "history": history,
+                "evaluations": evaluations}
+
+    def ppo(self) -> dict:
+        def config(kl_coef: float, out: str) -> PPOConfig:
+            ppo = PPOConfig(output_dir=out, max_steps=self.steps("ppo"), per_device_batch_size=16, mini_batch_size=8,
+                            num_epochs=4, max_new_tokens=MAX_NEW_TOKENS, learning_rate=LEARNING_RATES["ppo"],
+                            init_kl_coef=kl_coef, target_kl=None, seed=self.args.seed, logging_steps=1,
+                            disable_tqdm=self.args.quick)
+            ppo.reward_args = RewardArguments(reward=[self.path("reward")])  # PPO against the reward model
+            return ppo
+
+        return self.sweep("ppo", "kl_coef", self.args.ppo_kl_coefs, config, self.data["prompts"])
+
+    def dpo(self) -> dict:
+        def config(beta: float, out: str) -> DPOConfig:
+            return DPOConfig(learning_rate=LEARNING_RATES["dpo"], beta=beta, **self.common(out, self.steps("dpo")))
+
+        return self.sweep("dpo", "beta", self.args.dpo_betas, config, self.data["preferences"])
+
+    def sweep(self, method: str, name: str, values: list[float], make_config, dataset: str) -> dict:
+        """One run of ``method`` from the SFT model per value of ``name``, each probed along the way: its
+        frontier path. The middle value is the run whose samples the report shows."""
+        runs, evaluations, lines = [], [], []
+        for value in values:
+            label, out = f"{name}={value:g}", self.path(method, f"{name}-{value:g}")
+            config = make_config(value, out)
+            probe = FrontierProbe(self, max(config.max_steps // PROBES, 1))
+            _, history, _ = self.train(method, self.path("sft"), dataset, config, callbacks=[probe])
+            final = self.evaluate(f"{method} {label}", method, out, label, main=value == values[len(values) // 2])
+            path = [*probe.points, {"step": config.max_steps, **{k: final[k] for k in ("rm_score", "sentiment",
+                                                                                          "kl", "length")}}]
+            evaluations.append(final)
+            runs.append({"label": label, "setting": {name: value}, "dir": os.path.relpath(out, self.out),
+                         "history": history, "path": path})
+            lines.append(f"{label}: {self.eval_line(final)}")
+        return {"summary": "\n   ".join(lines), "runs": runs, "evaluations": evaluations,
+                "main": next(e["label"] for e in evaluations if e["main"])}
+
+    def report(self) -> dict:
+        from .report import write_report
+
+        results = {"model": self.args.model, "machine": machine(), "eval_prompts": len(EVAL_PROMPTS),
+                   "stages": {}, "evaluations": []}
+        for stage in STAGES[:-1]:
+            path = self.path(stage, "stage.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as fh:
+                    record = json.load(fh)
+                results["evaluations"] += record.pop("evaluations", [])
+                results["stages"][stage] = record
+        results["total_seconds"] = sum(s["seconds"] for s in results["stages"].values())
+        _write_json(results, self.path("results.json"))
+        html = write_report(results, self.out)
+        return {"summary": f"wrote {html} and its plots ({results['total_seconds']:.0f}s of training and "
+                           f"evaluation in {len(results['stages'])} stages)"}
+
+    def run(self, stage: str) -> int:
+        missing = [need for need in NEEDS.get(stage, ()) if not os.path.exists(self.path(need, "stage.json"))]
+        if missing:
+            print(f"Stage {stage!r} needs the output of stage {missing[0]!r} in {self.path(missing[0])}, which is "
+                  f"missing. Run first: posttrain demo --stage {missing[0]} --output_dir {self.out}")
+            return 1
+        print(f"== stage {stage} ==", flush=True)
+        start = time.perf_counter()
+        record = getattr(self, stage)()
+        if stage != "report":
+            record["seconds"] = time.perf_counter() - start
+            _write_json(record, self.path(stage, "stage.json"))
+        print(f"   {stage}: {record['summary']}", flush=True)
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posttrain demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="posttrain demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/demo", help="Where every stage writes (default runs/demo).")
     parser.add_argument("--stage", choices=["all", *STAGES], default="all",
-                        help="Run one stage alone; it reuses the outputs of earlier stages.")
-    parser.add_argument("--model", default="tiny:llama-5m", help="Starting model (default tiny:llama-5m).")
-    parser.add_argument("--steps", type=int, default=200, help="Optimizer steps per stage (default 200).")
+                        help="Run one stage alone; it reuses the outputs of earlier stages in --output_dir.")
+    parser.add_argument("--model", default="tiny:llama-5m", help="Model to pretrain (default tiny:llama-5m).")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Optimizer steps for every stage (default: each stage's own, "
+                             + ", ".join(f"{k} {v}" for k, v in STEPS.items()) + ").")
+    parser.add_argument("--ppo_kl_coefs", type=float, nargs="+", default=[0.02, 0.1, 0.5],
+                        help="KL penalty weights of the PPO runs (one frontier point each; the middle one is "
+                             "the run whose samples the report shows).")
+    parser.add_argument("--dpo_betas", type=float, nargs="+", default=[0.03, 0.1, 0.5],
+                        help="DPO betas (one frontier point each; the middle one's samples are shown).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the PPO runs and of evaluation sampling.")
     parser.add_argument("--quick", action="store_true", help="No progress bars (for tests and CI logs).")
     args = parser.parse_args(argv)
-    data_dir = os.path.join(args.output_dir, "data")
-    sft_data = _write_jsonl(toy.prompt_completion(800, seed=1), os.path.join(data_dir, "sft.jsonl"))
-    pref_data = _write_jsonl(toy.preference_pairs(800, seed=2), os.path.join(data_dir, "preferences.jsonl"))
-    stages = list(STAGES) if args.stage == "all" else [args.stage]
-    for stage in stages:
-        start = time.perf_counter()
-        out = os.path.join(args.output_dir, stage)
-        print(f"== stage {stage} ==", flush=True)
-        if stage == "sft":
-            model, data = args.model, DataArguments(dataset=sft_data)
-        else:
-            model, data = os.path.join(args.output_dir, "sft"), DataArguments(dataset=pref_data, eval_fraction=0.1)
-            if not os.path.exists(os.path.join(model, "config.json")):
-                print(f"Stage {stage!r} starts from the SFT model in {model}, which is missing. "
-                      f"Run first: posttrain demo --stage sft --output_dir {args.output_dir}")
-                return 1
-        config_cls, learning_rate = STAGES[stage]
-        config = config_cls(learning_rate=learning_rate, max_length=128, **_common(out, args.steps, args.quick))
-        trainer = run_training(stage, ModelArguments(model=model), data, config)
-        losses = [f"{e['loss']:.3f}" for e in trainer.state.log_history if "loss" in e]
-        print(f"   loss over training: {' '.join(losses)}")
-        print("   " + summary(stage, trainer, time.perf_counter() - start), flush=True)
+    demo = Demo(args)
+    for stage in STAGES if args.stage == "all" else [args.stage]:
+        code = demo.run(stage)
+        if code:
+            return code
     return 0

@@ -40,6 +40,39 @@ def _review(rng: random.Random, positive: bool) -> tuple[str, str]:
     return opening, f" {body}. {tail}"
 
 
+ASIDES_POS = ["The music is lovely.", "The actors clearly had fun.", "Every scene looks great.",
+              "The jokes land.", "The pacing is just right.", "I cared about every character."]
+ASIDES_NEG = ["The music is grating.", "The actors look bored.", "Every scene drags on.",
+              "The jokes fall flat.", "The pacing is a mess.", "I cared about no one."]
+
+
+def all_openings() -> list[str]:
+    """Every review opening the templates can produce (180), in a fixed order."""
+    return [o.format(s=s) for o in OPENINGS for s in SUBJECTS]
+
+
+def held_out_openings(n: int = 40, seed: int = 0) -> list[str]:
+    """``n`` openings reserved for evaluation: the demo trains on none of them."""
+    return random.Random(seed).sample(all_openings(), n)
+
+
+def review_corpus(n: int, seed: int = 0, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """Plain-text reviews of mixed sentiment for pretraining (``posttrain/assets/reviews.txt`` is
+    ``review_corpus(3000, seed=7, exclude=held_out_openings())``): an opening, a verdict, sometimes an
+    aside of the same sentiment, and a closing remark. Openings in ``exclude`` are never used."""
+    rng = random.Random(seed)
+    lines = []
+    while len(lines) < n:
+        positive = rng.random() < 0.5
+        opening, rest = _review(rng, positive)
+        if opening in exclude:
+            continue
+        verdict, tail = rest.rsplit(". ", 1)
+        aside = rng.choice(ASIDES_POS if positive else ASIDES_NEG) + " " if rng.random() < 0.5 else ""
+        lines.append(f"{opening}{verdict}. {aside}{tail}")
+    return lines
+
+
 def reviews(n: int, seed: int = 0) -> list[dict]:
     """Language-modeling rows ``{"text"}`` of mixed sentiment."""
     rng = random.Random(seed)

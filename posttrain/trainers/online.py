@@ -47,8 +47,8 @@ class OnlineTrainer:
     needs_reference = True
 
     def __init__(self, model, args: OnlineConfig, train_dataset=None, reward_funcs=None, reward_weights=None,
-                 processing_class=None, peft_config=None, ref_model=None, rollout_source=None):
-        self.args = args
+                 processing_class=None, peft_config=None, ref_model=None, rollout_source=None, callbacks=None):
+        self.args, self.callbacks = args, list(callbacks or [])
         set_seed(args.seed)
         self.base_model_name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "")
         # cpu=True without CUDA: under `accelerate launch` that is what starts gloo across CPU processes.
@@ -255,6 +255,8 @@ class OnlineTrainer:
             bar.update(1)
             if self.args.save_steps and self.step_count % self.args.save_steps == 0:
                 self.save_checkpoint()
+            for callback in self.callbacks:
+                callback(self)
         bar.close()
         return self.log_history
 

@@ -1,0 +1,367 @@
+"""The ``posttrain demo`` report: plots and one self-contained HTML page from ``results.json``.
+
+``write_report(results, output_dir)`` draws three PNG plots (PPO reward/KL, loss curves, the
+reward-vs-KL frontier) and writes ``report.html`` with everything inlined (CSS, images as
+``data:`` URIs), so the page works offline. ``check_in_browser`` loads the page in headless
+chromium, checks that every image decoded and takes a screenshot. The schema of ``results``
+is in the demo's notes: any stage may be absent, and then the report says "not run".
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tempfile
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+STAGE_NAMES = {"pretrain": "Pretrain", "sft": "SFT", "reward": "Reward model", "ppo": "PPO", "dpo": "DPO"}
+COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+PPO_COLOUR, DPO_COLOUR, SFT_COLOUR = "#1f77b4", "#d62728", "#333333"
+
+
+def _pretty(label) -> str:
+    return "" if label is None else str(label).replace("beta=", "β=")
+
+
+def _num(value, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds:.1f} s" if seconds < 59.95 else f"{round(seconds) // 60} min {round(seconds) % 60} s"
+
+
+def _series(history: list[dict], key: str) -> tuple[list, list]:
+    rows = [h for h in history or [] if h.get(key) is not None]
+    return [h.get("step", i) for i, h in enumerate(rows)], [h[key] for h in rows]
+
+
+def _save(fig: Figure, path: str) -> str:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+# ---------------------------------------------------------------- plots
+
+def plot_ppo(ppo: dict | None, path: str) -> str | None:
+    """Reward-model score and KL to SFT over PPO steps, one line per run, the main run emphasised."""
+    runs = [r for r in (ppo or {}).get("runs", []) if _series(r.get("history"), "reward")[0]]
+    if not runs:
+        return None
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for i, run in enumerate(runs):
+        main = run.get("label") == ppo.get("main")
+        style = dict(color=COLOURS[i % len(COLOURS)], lw=2.6 if main else 1.2, alpha=1 if main else 0.75,
+                     zorder=3 if main else 2, label=_pretty(run.get("label")) + (" (main)" if main else ""))
+        for ax, key in zip(axes, ("reward", "kl")):
+            ax.plot(*_series(run["history"], key), **style)
+    for ax, title in zip(axes, ("Reward-model score of the rollouts", "KL to the SFT model (nats)")):
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("PPO step")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=9, title="PPO run", title_fontsize=9)
+    return _save(fig, path)
+
+
+def plot_losses(stages: dict, path: str) -> str | None:
+    """Small multiples of the training losses: pretrain, SFT, reward model (+ eval loss), DPO runs."""
+    panels = []  # (title, [(label, steps, values, style)])
+    for name in ("pretrain", "sft", "reward"):
+        history = (stages.get(name) or {}).get("history")
+        lines = [("train loss", *_series(history, "loss"), dict(color=COLOURS[0], lw=1.6))]
+        if name == "reward":
+            lines.append(("eval loss", *_series(history, "eval_loss"),
+                          dict(color=COLOURS[1], marker="o", ls="none", ms=6, zorder=3)))
+        if any(steps for _, steps, _, _ in lines):
+            panels.append((STAGE_NAMES[name], lines))
+    dpo = stages.get("dpo") or {}
+    lines = []
+    for i, run in enumerate(dpo.get("runs", [])):
+        main = run.get("label") == dpo.get("main")
+        lines.append((_pretty(run.get("label")) + (" (main)" if main else ""), *_series(run.get("history"), "loss"),
+                      dict(color=COLOURS[i % len(COLOURS)], lw=2.4 if main else 1.2)))
+    if any(steps for _, steps, _, _ in lines):
+        panels.append(("DPO", lines))
+    if not panels:
+        return None
+    ncols = min(len(panels), 2)
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(10, 3.1 * nrows), layout="constrained")
+    for k, (title, lines) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        for label, steps, values, style in lines:
+            if steps:
+                ax.plot(steps, values, label=label, **style)
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_frontier(evaluations: list[dict], path: str) -> str | None:
+    """Reward vs KL to SFT on held-out prompts: PPO and DPO points, SFT as the reference (KL 0)."""
+    points = [e for e in evaluations if e.get("method") in ("ppo", "dpo", "sft")
+              and e.get("kl") is not None and e.get("rm_score") is not None]
+    if not any(e["method"] in ("ppo", "dpo") for e in points):
+        return None
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    styles = {"ppo": dict(color=PPO_COLOUR, marker="o", label="PPO"),
+              "dpo": dict(color=DPO_COLOUR, marker="s", label="DPO"),
+              "sft": dict(color=SFT_COLOUR, marker="*", label="SFT (reference)")}
+    for method in ("sft", "ppo", "dpo"):
+        group = [e for e in points if e["method"] == method]
+        if not group:
+            continue
+        style = styles[method]
+        main = [bool(e.get("main")) and method != "sft" for e in group]
+        ax.scatter([e["kl"] for e in group], [e["rm_score"] for e in group], edgecolors="black", zorder=3,
+                   s=[160 if method == "sft" else 110 if m else 60 for m in main],
+                   linewidths=[1.6 if m else 0.5 for m in main], **style)
+        for e in group:
+            text = "SFT" if method == "sft" else _pretty(e.get("label") or e.get("name"))
+            ax.annotate(text, (e["kl"], e["rm_score"]), xytext=(6, 5), textcoords="offset points",
+                        fontsize=8.5, color=style["color"])
+        if method == "sft":
+            ax.axhline(group[0]["rm_score"], color=SFT_COLOUR, ls=":", lw=1, zorder=1)
+    ax.set_xlabel("KL to the SFT model (nats per completion)")
+    ax.set_ylabel("reward-model score (held-out prompts)")
+    ax.set_title("Reward vs KL frontier", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="upper left")  # low KL + high reward: out of reach, so usually empty
+    ax.margins(x=0.12, y=0.12)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- html
+
+CSS = """
+body { font-family: system-ui, sans-serif; color: #1d1d1f; background: #fafafa; margin: 0; line-height: 1.45; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
+h1 { margin: 0 0 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+.meta, figcaption { color: #555; font-size: 14px; } .notrun { color: #999; font-style: italic; }
+table { border-collapse: collapse; width: 100%; font-size: 14px; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 6px 9px; text-align: left; vertical-align: top; }
+th { background: #f0f2f5; } tr:nth-child(even) td { background: #fafbfc; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.main td { background: #fff7df !important; font-weight: 600; }
+.stages th:nth-child(1) { width: 9em; } .stages th:nth-child(2) { width: 6.5em; }
+.samples th:first-child { width: 18%; } .prompt { font-style: italic; }
+figure { margin: 20px 0; } figure img { max-width: 100%; display: block; margin: 0 auto 6px; }
+.score { padding: 0 6px; border-radius: 4px; font-size: 12px; }
+.pos { background: #dcf3dc; } .neg { background: #f8dddd; }
+code { background: #f0f2f5; padding: 1px 4px; border-radius: 3px; }
+"""
+
+# A tiny honest check for check_in_browser: how many images really decoded, and the page height.
+SCRIPT = """window.addEventListener("load", function () {
+  var n = 0; for (var img of document.images) { if (img.complete && img.naturalWidth > 0) n++; }
+  document.body.dataset.imagesLoaded = n; document.body.dataset.imagesTotal = document.images.length;
+  document.body.dataset.pageHeight = document.documentElement.scrollHeight;
+});"""
+
+PLOTS = [  # (file, title, plot function, what it reads, caption)
+    ("ppo_reward_kl.png", "PPO: reward and KL during training", plot_ppo, "ppo",
+     "PPO against the reward model: the reward-model score of the sampled completions (left) and their KL "
+     "to the SFT model (right) per PPO step, one line per KL coefficient; the main run is drawn thicker."),
+    ("losses.png", "Training losses", plot_losses, "stages",
+     "Training losses of each stage. Reward model: pairwise train loss, with the held-out eval loss as points. "
+     "DPO: one line per β."),
+    ("frontier.png", "Reward vs KL frontier (held-out prompts)", plot_frontier, "evaluations",
+     "The reward-vs-KL frontier on held-out prompts, a miniature of the IMDb sentiment experiment of the DPO "
+     "paper (Rafailov et al. 2023, Fig. 2 left): each point is one trained policy, higher and further left is "
+     "better. The star is the SFT model (KL 0); the dotted line is its score. Main runs have a thick edge."),
+]
+
+
+def _esc(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _table(header: list[str], rows: list[str], cls: str = "") -> str:
+    return (f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def _main_eval(evaluations: list[dict], method: str) -> dict | None:
+    group = [e for e in evaluations if e.get("method") == method]
+    return next((e for e in group if e.get("main")), group[0] if group else None)
+
+
+def _score(value) -> str:
+    if value is None:
+        return ""
+    return f'<br><span class="score {"pos" if value >= 0 else "neg"}">RM {value:+.2f}</span>'
+
+
+def _stage_rows(stages: dict) -> list[str]:
+    rows = []
+    for key, name in STAGE_NAMES.items():
+        stage = stages.get(key)
+        if stage is None:
+            rows.append(f'<tr><td>{name}</td><td class="num">—</td><td class="notrun">not run</td></tr>')
+            continue
+        extra = ""
+        if stage.get("runs"):
+            labels = ", ".join(_pretty(r.get("label")) for r in stage["runs"])
+            extra = f'<br><small>runs: {_esc(labels)}; main: {_esc(_pretty(stage.get("main")))}</small>'
+        rows.append(f'<tr><td>{name}</td><td class="num">{_duration(stage.get("seconds"))}</td>'
+                    f'<td>{_esc(stage.get("summary"))}{extra}</td></tr>')
+    return rows
+
+
+def _eval_rows(evaluations: list[dict]) -> list[str]:
+    rows = []
+    for e in evaluations:
+        main = bool(e.get("main")) and e.get("method") in ("ppo", "dpo")
+        model = STAGE_NAMES.get(e.get("method"), e.get("method")) + (" ★ main" if main else "")
+        rows.append(f'<tr class="{"main" if main else ""}"><td>{_esc(model)}</td>'
+                    f'<td>{_esc(_pretty(e.get("label")) or "—")}</td><td class="num">{_num(e.get("rm_score"))}</td>'
+                    f'<td class="num">{_num(e.get("sentiment"))}</td><td class="num">{_num(e.get("kl"))}</td>'
+                    f'<td class="num">{_num(e.get("length"), 1)}</td></tr>')
+    return rows
+
+
+def _samples_table(evaluations: list[dict], limit: int = 6) -> str:
+    columns = [(name, e) for name, e in (("SFT", _main_eval(evaluations, "sft")),
+                                         ("PPO", _main_eval(evaluations, "ppo")),
+                                         ("DPO", _main_eval(evaluations, "dpo"))) if e and e.get("samples")]
+    if not columns:
+        return '<p class="notrun">not run (no evaluated samples)</p>'
+    header = ["Prompt"] + [f"{name}" + (f" ({_esc(_pretty(e.get('label')))})" if e.get("label") else "")
+                           for name, e in columns]
+    rows = []
+    for i, sample in enumerate(columns[0][1]["samples"][:limit]):
+        cells = [f'<td class="prompt">{_esc(sample.get("prompt"))}</td>']
+        for _, e in columns:
+            s = e["samples"][i] if i < len(e["samples"]) else {}
+            cells.append(f'<td>{_esc(s.get("completion"))}{_score(s.get("rm_score"))}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return _table(header, rows, "samples")
+
+
+def write_report(results: dict, output_dir: str) -> str:
+    """Write the plots and ``report.html`` (self-contained) into ``output_dir``; return the html path."""
+    os.makedirs(output_dir, exist_ok=True)
+    stages = results.get("stages") or {}
+    evaluations = results.get("evaluations") or []
+    inputs = {"ppo": stages.get("ppo"), "stages": stages, "evaluations": evaluations}
+    figures = []
+    for filename, title, plot, key, caption in PLOTS:
+        path = plot(inputs[key], os.path.join(output_dir, filename))
+        figures.append(f"<h3>{_esc(title)}</h3>")
+        if path is None:
+            figures.append('<p class="notrun">not run (no data for this plot yet)</p>')
+        else:
+            png = base64.b64encode(pathlib.Path(path).read_bytes()).decode("ascii")
+            figures.append(f'<figure><img src="data:image/png;base64,{png}" alt="{_esc(filename)}">'
+                           f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    ran = [name for key, name in STAGE_NAMES.items() if key in stages]
+    missing = [name for key, name in STAGE_NAMES.items() if key not in stages]
+    dirs = [r["dir"] for key in ("ppo", "dpo") for r in (stages.get(key) or {}).get("runs", []) if r.get("dir")]
+    machine, total = _esc(results.get("machine", "unknown machine")), _duration(results.get("total_seconds"))
+    intro = (
+        f"The demo post-trains the tiny model <code>{_esc(results.get('model'))}</code> end to end on one "
+        "machine: it <b>pretrains</b> it on review text, <b>fine-tunes</b> it (SFT) to continue review openings, "
+        "trains a <b>reward model</b> on preference pairs that favour positive continuations, then optimises the "
+        "SFT model with <b>PPO</b> against the reward model with a KL penalty to the SFT model (several KL "
+        "coefficients) and, separately, with <b>DPO</b> directly on the preference pairs (several β). Every model "
+        f"is evaluated on {_esc(results.get('eval_prompts', '—'))} held-out prompts: reward-model score, an "
+        "independent sentiment score, KL to the SFT model and completion length."
+        + (f" Stages not run: {_esc(', '.join(missing))}." if missing else ""))
+    cards = ("".join(f"<li><code>{_esc(d)}</code></li>" for d in dirs) or '<li class="notrun">none yet</li>')
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>posttrain demo report</title><style>{CSS}</style></head>
+<body><main>
+<h1>posttrain demo report</h1>
+<p class="meta">Model <code>{_esc(results.get('model'))}</code> · {machine} · total time {total}
+ · stages run: {_esc(', '.join(ran) or 'none')}</p>
+<p>{intro}</p>
+<h2>Stages</h2>
+{_table(["Stage", "Time", "Result"], _stage_rows(stages), "stages")}
+<h2>Held-out evaluation</h2>
+<p>Means over {_esc(results.get('eval_prompts', '—'))} held-out prompts. KL is to the SFT model, in nats per
+completion. ★ marks the main PPO and DPO runs, whose samples are shown below.</p>
+{_table(["Model", "Setting", "RM score", "Sentiment", "KL to SFT", "Length (tokens)"], _eval_rows(evaluations))
+ if evaluations else '<p class="notrun">not run</p>'}
+<h2>Plots</h2>
+{"".join(figures)}
+<h2>Before / after: samples</h2>
+<p>The same held-out prompts completed by the SFT model and the main PPO and DPO runs, with reward-model scores.</p>
+{_samples_table(evaluations)}
+<h2>Models and model cards</h2>
+<p>Each saved model directory has a <code>README.md</code> model card (method, base model, hyperparameters,
+metrics, library versions). Model directories of the runs:</p>
+<ul>{cards}</ul>
+<p class="meta">Machine: {machine}. Total time: {total}.</p>
+</main><script>{SCRIPT}</script></body></html>
+"""
+    html_path = os.path.join(output_dir, "report.html")
+    with open(html_path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return html_path
+
+
+# ---------------------------------------------------------------- headless-browser check
+
+class ReportCheckError(RuntimeError):
+    pass
+
+
+def _chromium(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    with tempfile.TemporaryDirectory() as profile:
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", f"--user-data-dir={profile}"]
+        try:
+            return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            raise ReportCheckError(f"chromium did not finish within {timeout:.0f} s") from err
+
+
+def check_in_browser(html_path: str, screenshot_path: str, *, expected_images: int | None = None,
+                     min_colours: int = 200, width: int = 1280, timeout: float = 60.0) -> dict:
+    """Load the report in headless chromium; check every image decoded; screenshot the whole page.
+
+    ``expected_images`` defaults to the number of ``<img`` tags in the file. Raises ``ReportCheckError``.
+    Returns ``{"images_loaded", "images_total", "page_height", "colours"}``.
+    """
+    from PIL import Image
+
+    url = pathlib.Path(html_path).resolve().as_uri()
+    if expected_images is None:
+        expected_images = pathlib.Path(html_path).read_text(encoding="utf-8").count("<img ")
+    dom = _chromium([f"--window-size={width},1000", "--dump-dom", url], timeout).stdout
+    found = {k: re.search(rf'data-{k}="(\d+)"', dom) for k in ("images-loaded", "images-total", "page-height")}
+    if not all(found.values()):
+        raise ReportCheckError("the page did not finish loading in chromium (no data-images-loaded on <body>)")
+    loaded, total, height = (int(m.group(1)) for m in found.values())
+    if loaded != expected_images or total != expected_images:
+        raise ReportCheckError(f"{loaded} of {total} images decoded in the browser; expected {expected_images}")
+    if os.path.exists(screenshot_path):
+        os.remove(screenshot_path)
+    _chromium([f"--window-size={width},{min(max(height, 600), 16000)}",
+               f"--screenshot={os.path.abspath(screenshot_path)}", url], timeout)
+    if not os.path.exists(screenshot_path):
+        raise ReportCheckError(f"chromium wrote no screenshot to {screenshot_path}")
+    with Image.open(screenshot_path) as img:
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 24)
+    if len(colours) < min_colours:
+        raise ReportCheckError(f"the screenshot looks blank: {len(colours)} distinct colours (< {min_colours})")
+    return {"images_loaded": loaded, "images_total": total, "page_height": height, "colours": len(colours)}
