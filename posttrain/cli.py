@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, PrinterCallback, ProgressCallback
 
 from .config import DataArguments, ModelArguments
 from .rewards import BUILTIN_REWARDS
@@ -93,11 +93,13 @@ def _split(data_args: DataArguments, seed: int):
     return train, None
 
 
-def run_training(command: str, model_args: ModelArguments, data_args: DataArguments, config, callbacks=None):
+def run_training(command: str, model_args: ModelArguments, data_args: DataArguments, config, callbacks=None,
+                 bar_only: bool = False):
     """Build the trainer for ``command``, train, save to ``config.output_dir``; returns the trainer.
 
     ``callbacks``: ``transformers.TrainerCallback`` objects for the offline commands, callables
-    ``fn(trainer)`` run after every step for the online ones."""
+    ``fn(trainer)`` run after every step for the online ones. ``bar_only``: the offline commands show
+    the progress bar (with the latest loss) but do not print every log entry."""
     from .models.loading import load_model
 
     trainer_cls, _, task, _ = COMMANDS[command]
@@ -112,6 +114,11 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
     trainer = trainer_cls(model, config, train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks,
                           peft_config=model_args.peft_config("SEQ_CLS" if task == "seq-cls" else "CAUSAL_LM"))
     trainer.dataset_name = data_args.dataset
+    if bar_only:
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        if not config.disable_tqdm:
+            trainer.add_callback(BarOnlyProgress)
     resume = config.resume_from_checkpoint
     if resume in ("auto", "last", "true", "True"):
         from transformers.trainer_utils import get_last_checkpoint
@@ -122,6 +129,14 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
         trainer.evaluate()
     trainer.save_model(config.output_dir)
     return trainer
+
+
+class BarOnlyProgress(ProgressCallback):
+    """The training progress bar with the latest loss beside it, instead of a printed line per log entry."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and "loss" in (logs or {}):
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
 
 
 def run_online(command: str, model_args: ModelArguments, data_args: DataArguments, config, train_rows, eval_rows,

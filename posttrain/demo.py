@@ -33,6 +33,7 @@ from .models.loading import load_model, load_tokenizer
 from .rewards import RewardModelScorer
 from .rewards.builtin import sentiment
 from .trainers import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+import transformers
 from transformers import TrainerCallback
 
 STAGES = ("pretrain", "sft", "reward", "ppo", "dpo", "report")
@@ -42,6 +43,7 @@ STEPS = {"pretrain": 400, "sft": 150, "reward": 150, "ppo": 40, "dpo": 120}  # o
 LEARNING_RATES = {"pretrain": 1e-3, "sft": 5e-4, "reward": 5e-4, "ppo": 1e-4, "dpo": 1e-4}
 EVAL_PROMPTS = toy.held_out_openings(40)
 MAX_NEW_TOKENS = 24
+WARMUP = 80
 PROBES = 4  # evaluations along each PPO / DPO run (the last one after saving): points of its frontier path
 
 
@@ -155,7 +157,8 @@ class Demo:
     def train(self, command: str, model: str, dataset: str, config, eval_fraction: float = 0.0, callbacks=None):
         start = time.perf_counter()
         trainer = run_training(command, ModelArguments(model=model),
-                               DataArguments(dataset=dataset, eval_fraction=eval_fraction), config, callbacks)
+                               DataArguments(dataset=dataset, eval_fraction=eval_fraction), config, callbacks,
+                               bar_only=True)
         history = trainer.log_history if command == "ppo" else trainer.state.log_history
         return trainer, history, summary(command, trainer, time.perf_counter() - start)
 
@@ -182,8 +185,9 @@ class Demo:
     def ppo(self) -> dict:
         def config(kl_coef: float, out: str) -> PPOConfig:
             ppo = PPOConfig(output_dir=out, max_steps=self.steps("ppo"), per_device_batch_size=16, mini_batch_size=8,
-                            num_epochs=4, max_new_tokens=MAX_NEW_TOKENS, learning_rate=LEARNING_RATES["ppo"],
+                            num_epochs=4, max_new_tokens=16, learning_rate=LEARNING_RATES["ppo"],
                             init_kl_coef=kl_coef, target_kl=None, seed=self.args.seed, logging_steps=1,
+                            lr_scheduler_type="cosine", warmup_steps=WARMUP,
                             disable_tqdm=self.args.quick)
             ppo.reward_args = RewardArguments(reward=[self.path("reward")])  # PPO against the reward model
             return ppo
@@ -259,17 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help="Optimizer steps for every stage (default: each stage's own, "
                              + ", ".join(f"{k} {v}" for k, v in STEPS.items()) + ").")
-    parser.add_argument("--ppo_kl_coefs", type=float, nargs="+", default=[0.02, 0.1, 0.5],
+    parser.add_argument("--ppo_kl_coefs", type=float, nargs="+", default=[0.1, 0.3, 1.0],
                         help="KL penalty weights of the PPO runs (one frontier point each; the middle one is "
                              "the run whose samples the report shows).")
-    parser.add_argument("--dpo_betas", type=float, nargs="+", default=[0.03, 0.1, 0.5],
+    parser.add_argument("--dpo_betas", type=float, nargs="+", default=[0.3, 1.0, 3.0],
                         help="DPO betas (one frontier point each; the middle one's samples are shown).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the PPO runs and of evaluation sampling.")
     parser.add_argument("--quick", action="store_true", help="No progress bars (for tests and CI logs).")
     args = parser.parse_args(argv)
-    demo = Demo(args)
-    for stage in STAGES if args.stage == "all" else [args.stage]:
-        code = demo.run(stage)
-        if code:
-            return code
-    return 0
+    transformers.utils.logging.disable_progress_bar()  # no bars for loading and saving weights
+    try:
+        demo = Demo(args)
+        for stage in STAGES if args.stage == "all" else [args.stage]:
+            code = demo.run(stage)
+            if code:
+                return code
+        return 0
+    finally:
+        transformers.utils.logging.enable_progress_bar()

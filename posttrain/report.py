@@ -112,38 +112,61 @@ def plot_losses(stages: dict, path: str) -> str | None:
     return _save(fig, path)
 
 
-def plot_frontier(evaluations: list[dict], path: str) -> str | None:
-    """Reward vs KL to SFT on held-out prompts: PPO and DPO points, SFT as the reference (KL 0)."""
-    points = [e for e in evaluations if e.get("method") in ("ppo", "dpo", "sft")
+def _kl_rm(points) -> tuple[list, list]:
+    points = [e for e in points or [] if e.get("kl") is not None and e.get("rm_score") is not None]
+    return [e["kl"] for e in points], [e["rm_score"] for e in points]
+
+
+def plot_frontier(results: dict, path: str) -> str | None:
+    """Reward vs KL to SFT on held-out prompts: each PPO / DPO run's final model as a big marker and its
+    ``path`` during training as a thin line with faded markers; SFT is the reference (KL 0). KL is symlog."""
+    stages = results.get("stages") or {}
+    points = [e for e in results.get("evaluations") or [] if e.get("method") in ("ppo", "dpo", "sft")
               and e.get("kl") is not None and e.get("rm_score") is not None]
     if not any(e["method"] in ("ppo", "dpo") for e in points):
         return None
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.subplots()
-    styles = {"ppo": dict(color=PPO_COLOUR, marker="o", label="PPO"),
-              "dpo": dict(color=DPO_COLOUR, marker="s", label="DPO"),
+    styles = {"ppo": dict(color=PPO_COLOUR, marker="o", label="PPO (final)"),
+              "dpo": dict(color=DPO_COLOUR, marker="s", label="DPO (final)"),
               "sft": dict(color=SFT_COLOUR, marker="*", label="SFT (reference)")}
+    kls = [e["kl"] for e in points]  # finals and path points: the extent of the KL axis
+    for method in ("ppo", "dpo"):  # the paths first, under the finals
+        for run in (stages.get(method) or {}).get("runs", []):
+            x, y = _kl_rm(run.get("path"))
+            if len(x) > 1:  # the last point is the final model, drawn big below
+                ax.plot(x, y, color=styles[method]["color"], marker=styles[method]["marker"], lw=0.9, ms=4,
+                        alpha=0.4, markevery=list(range(len(x) - 1)), zorder=2)
+                kls += x
     for method in ("sft", "ppo", "dpo"):
         group = [e for e in points if e["method"] == method]
         if not group:
             continue
         style = styles[method]
         main = [bool(e.get("main")) and method != "sft" for e in group]
-        ax.scatter([e["kl"] for e in group], [e["rm_score"] for e in group], edgecolors="black", zorder=3,
+        ax.scatter(*_kl_rm(group), edgecolors="black", zorder=3,
                    s=[160 if method == "sft" else 110 if m else 60 for m in main],
                    linewidths=[1.6 if m else 0.5 for m in main], **style)
         for e in group:
             text = "SFT" if method == "sft" else _pretty(e.get("label") or e.get("name"))
             ax.annotate(text, (e["kl"], e["rm_score"]), xytext=(6, 5), textcoords="offset points",
-                        fontsize=8.5, color=style["color"])
+                        fontsize=8.5, color=style["color"], zorder=4)
         if method == "sft":
             ax.axhline(group[0]["rm_score"], color=SFT_COLOUR, ls=":", lw=1, zorder=1)
-    ax.set_xlabel("KL to the SFT model (nats per completion)")
+    if len(kls) > len(points):  # some run had a path: a legend entry for it
+        ax.plot([], [], color="grey", marker="o", lw=0.9, ms=4, alpha=0.6, label="path during training")
+    xlabel = "KL to the SFT model (nats per completion)"
+    if max(kls) > 2:  # early PPO probes can sit at 10x the finals' KL: log above 1 nat keeps the finals apart
+        ax.set_xscale("symlog", linthresh=1)
+        ticks = [t for t in (0, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if t <= 1.3 * max(kls)]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        xlabel = xlabel[:-1] + ", log scale above 1)"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("reward-model score (held-out prompts)")
     ax.set_title("Reward vs KL frontier", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="upper left")  # low KL + high reward: out of reach, so usually empty
-    ax.margins(x=0.12, y=0.12)
+    ax.legend(fontsize=9, loc="best")  # usually upper left: low KL + high reward is out of reach
+    ax.margins(x=0.08, y=0.12)
     return _save(fig, path)
 
 
@@ -181,10 +204,12 @@ PLOTS = [  # (file, title, plot function, what it reads, caption)
     ("losses.png", "Training losses", plot_losses, "stages",
      "Training losses of each stage. Reward model: pairwise train loss, with the held-out eval loss as points. "
      "DPO: one line per β."),
-    ("frontier.png", "Reward vs KL frontier (held-out prompts)", plot_frontier, "evaluations",
+    ("frontier.png", "Reward vs KL frontier (held-out prompts)", plot_frontier, "results",
      "The reward-vs-KL frontier on held-out prompts, a miniature of the IMDb sentiment experiment of the DPO "
-     "paper (Rafailov et al. 2023, Fig. 2 left): each point is one trained policy, higher and further left is "
-     "better. The star is the SFT model (KL 0); the dotted line is its score. Main runs have a thick edge."),
+     "paper (Rafailov et al. 2023, Fig. 2 left). Each big marker is one run's final model at one KL coefficient "
+     "(PPO) or β (DPO); the thin line through faded markers shows where that run was at evenly spaced steps "
+     "during training. Up and to the left is better: more reward for less divergence from the SFT model (the "
+     "star, KL 0; the dotted line is its score). Main runs have a thick edge; the KL axis is logarithmic above 1."),
 ]
 
 
@@ -219,8 +244,9 @@ def _stage_rows(stages: dict) -> list[str]:
         if stage.get("runs"):
             labels = ", ".join(_pretty(r.get("label")) for r in stage["runs"])
             extra = f'<br><small>runs: {_esc(labels)}; main: {_esc(_pretty(stage.get("main")))}</small>'
+        summary = "<br>".join(_esc(line.strip()) for line in str(stage.get("summary") or "").split("\n"))
         rows.append(f'<tr><td>{name}</td><td class="num">{_duration(stage.get("seconds"))}</td>'
-                    f'<td>{_esc(stage.get("summary"))}{extra}</td></tr>')
+                    f'<td>{summary}{extra}</td></tr>')
     return rows
 
 
@@ -259,7 +285,7 @@ def write_report(results: dict, output_dir: str) -> str:
     os.makedirs(output_dir, exist_ok=True)
     stages = results.get("stages") or {}
     evaluations = results.get("evaluations") or []
-    inputs = {"ppo": stages.get("ppo"), "stages": stages, "evaluations": evaluations}
+    inputs = {"ppo": stages.get("ppo"), "stages": stages, "results": results}
     figures = []
     for filename, title, plot, key, caption in PLOTS:
         path = plot(inputs[key], os.path.join(output_dir, filename))

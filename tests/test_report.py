@@ -29,6 +29,13 @@ def _ppo_history(kl_coef: float) -> list[dict]:
             for s in range(1, 41)]
 
 
+def _path(score: float, kl: float, early_kl: float, steps: int) -> list[dict]:
+    """4 held-out probes along a run; the last is the final model (its numbers in ``evaluations``)."""
+    kls = [early_kl, (early_kl + kl) / 2, kl * 1.1, kl]
+    return [{"step": steps * (i + 1) // 4, "rm_score": round(score * (0.4 + 0.2 * i), 3),
+             "sentiment": round(0.1 * i, 3), "kl": round(k, 3), "length": 16.0} for i, k in enumerate(kls)]
+
+
 def make_results() -> dict:
     ppo_runs = [{"label": f"kl_coef={c}", "setting": {"kl_coef": c}, "dir": f"ppo/kl_coef-{c}",
                  "history": _ppo_history(c)} for c in (0.02, 0.05, 0.2)]
@@ -41,10 +48,12 @@ def make_results() -> dict:
              {"name": "sft", "method": "sft", "label": None, "main": True, "rm_score": -0.212, "sentiment": 0.051,
               "kl": 0.0, "length": 14.2, "samples": _samples("sft", -0.2)}]
     for (c, score, kl), run in zip([(0.02, 2.871, 14.336), (0.05, 2.137, 7.894), (0.2, 0.962, 2.114)], ppo_runs):
+        run["path"] = _path(score, kl, 70.0 if c == 0.02 else kl / 2, 40)
         evals.append({"name": f"ppo {run['label']}", "method": "ppo", "label": run["label"], "main": c == 0.05,
                       "rm_score": score, "sentiment": 0.4 + score / 10, "kl": kl, "length": 17.26,
                       "samples": _samples("ppo", score)})
     for (b, score, kl), run in zip([(0.05, 1.948, 9.512), (0.1, 1.503, 5.467), (0.5, 0.433, 1.238)], dpo_runs):
+        run["path"] = _path(score, kl, kl / 3, 200)
         evals.append({"name": f"dpo {run['label']}", "method": "dpo", "label": run["label"], "main": b == 0.1,
                       "rm_score": score, "sentiment": 0.3 + score / 10, "kl": kl, "length": 15.5,
                       "samples": _samples("dpo", score)})
@@ -60,7 +69,8 @@ def make_results() -> dict:
                        "history": [{"step": s, "loss": 0.7 * math.exp(-s / 50) + 0.1} for s in range(25, 201, 25)]
                        + [{"step": 100, "eval_loss": 0.31, "eval_accuracy": 0.9}, {"step": 200, "eval_loss": 0.18,
                                                                                     "eval_accuracy": 0.973}]},
-            "ppo": {"seconds": 240.5, "summary": "main run: RM score -0.21 -> 2.14 at KL 7.89", "main": "kl_coef=0.05",
+            "ppo": {"seconds": 240.5, "main": "kl_coef=0.05",
+                    "summary": "kl_coef=0.02: RM 2.87 at KL 14.3\n   kl_coef=0.05: RM 2.14 at KL 7.89 <b>",
                     "runs": ppo_runs},
             "dpo": {"seconds": 100.0, "summary": "main run: RM score -0.21 -> 1.50 at KL 5.47", "main": "beta=0.1",
                     "runs": dpo_runs},
@@ -129,6 +139,33 @@ def test_text_is_escaped(report):
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; The soundtrack" in page
     assert page.count("<script>") == 1  # only the report's own image-count script
+
+
+def test_multiline_summary_one_run_per_line(report):
+    _, _, page = report
+    assert "<td>kl_coef=0.02: RM 2.87 at KL 14.3<br>kl_coef=0.05: RM 2.14 at KL 7.89 &lt;b&gt;<br><small>" in page
+
+
+def test_frontier_draws_paths_and_explains_them(report):
+    from PIL import Image
+
+    out, _, page = report
+    assert "Each big marker is one run&#x27;s final model" in page and "Up and to the left is better" in page
+    with Image.open(out / "frontier.png") as img:
+        assert img.width > 600 and img.height > 400, img.size
+
+
+def test_runs_without_path_still_render(report, tmp_path):  # results.json from before paths were recorded
+    results = make_results()
+    for method in ("ppo", "dpo"):
+        for run in results["stages"][method]["runs"]:
+            del run["path"]
+    results["stages"]["dpo"]["runs"][0]["path"] = []
+    page = open(write_report(results, str(tmp_path)), encoding="utf-8").read()
+    assert page.count('<img src="data:image/png;base64,') == 3
+    with_paths = (report[0] / "frontier.png").read_bytes()
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "frontier.png").read_bytes() != with_paths  # the paths were drawn (and now are not)
 
 
 def test_absent_stages_say_not_run(tmp_path):

@@ -59,7 +59,9 @@ def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dt
     config = transformers.AutoConfig.from_pretrained(name_or_path)
     if task == "causal-lm" and getattr(config, "is_encoder_decoder", False):
         task = "seq2seq"
-    model = _AUTO_CLASSES[task].from_pretrained(name_or_path, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # a head the checkpoint lacks (e.g. a new reward head) starts the same every time
+        model = _AUTO_CLASSES[task].from_pretrained(name_or_path, **kwargs)
     if task == "seq-cls" and model.config.pad_token_id is None:
         # Sequence classifiers find the last real token through pad_token_id; borrow eos.
         model.config.pad_token_id = model.config.eos_token_id
