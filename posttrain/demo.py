@@ -22,6 +22,7 @@ import platform
 import time
 from importlib import resources
 
+import datasets
 import torch
 
 from .card import append_card_section
@@ -136,6 +137,11 @@ class Demo:
         return evaluate_policy(model, tokenizer, EVAL_PROMPTS, rewards, reference=reference,
                                max_new_tokens=MAX_NEW_TOKENS, seed=self.args.seed)
 
+    def sft_evaluation(self) -> dict:
+        """The SFT model's held-out evaluation, made by the reward stage."""
+        with open(self.path("reward", "stage.json"), encoding="utf-8") as fh:
+            return next(e for e in json.load(fh)["evaluations"] if e["name"] == "sft")
+
     def evaluate(self, name: str, method: str, model_dir: str, label=None, main=True, with_rm=True) -> dict:
         """Evaluate a saved model and add the result to its model card."""
         result = self.measure(load_model(model_dir, "causal-lm"), load_tokenizer(model_dir), with_rm)
@@ -149,9 +155,13 @@ class Demo:
         return result
 
     @staticmethod
-    def eval_line(result: dict) -> str:
-        parts = [f"held-out {k} {result[k]:+.3f}" for k in ("rm_score", "sentiment", "kl") if k in result]
-        return " | ".join(parts) + f" | e.g. {result['samples'][0]['prompt']}{result['samples'][0]['completion']!r}"
+    def eval_line(result: dict, before: dict | None = None) -> str:
+        """Held-out means (``before -> after`` when ``before`` is given) and the first sample."""
+        names = {"rm_score": "RM score", "sentiment": "sentiment", "kl": "KL to SFT"}
+        parts = [f"held-out {name} " + (f"{before[k]:+.3f} -> " if before and k != "kl" else "") + f"{result[k]:+.3f}"
+                 for k, name in names.items() if k in result]
+        sample = result["samples"][0]
+        return " | ".join(parts) + f" | e.g. {sample['prompt']!r} -> {sample['completion']!r}"
 
     # ---- the stages ------------------------------------------------------------------------------------
     def train(self, command: str, model: str, dataset: str, config, eval_fraction: float = 0.0, callbacks=None):
@@ -215,7 +225,7 @@ class Demo:
             evaluations.append(final)
             runs.append({"label": label, "setting": {name: value}, "dir": os.path.relpath(out, self.out),
                          "history": history, "path": path})
-            lines.append(f"{label}: {self.eval_line(final)}")
+            lines.append(f"{label}: {self.eval_line(final, before=self.sft_evaluation())}")
         return {"summary": "\n   ".join(lines), "runs": runs, "evaluations": evaluations,
                 "main": next(e["label"] for e in evaluations if e["main"])}
 
@@ -271,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the PPO runs and of evaluation sampling.")
     parser.add_argument("--quick", action="store_true", help="No progress bars (for tests and CI logs).")
     args = parser.parse_args(argv)
-    transformers.utils.logging.disable_progress_bar()  # no bars for loading and saving weights
+    # A progress bar per training run and a result line per stage; no bars for loading data and weights,
+    # no load reports (the reward model's new head is expected).
+    verbosity, data_bars = transformers.logging.get_verbosity(), datasets.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     try:
         demo = Demo(args)
         for stage in STAGES if args.stage == "all" else [args.stage]:
@@ -280,4 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 return code
         return 0
     finally:
+        transformers.logging.set_verbosity(verbosity)
         transformers.utils.logging.enable_progress_bar()
+        if data_bars:
+            datasets.enable_progress_bars()
