@@ -75,12 +75,19 @@ def write_model_card(output_dir: str, *, base_model: str, method: str, dataset: 
 
 
 def append_card_section(output_dir: str, title: str, lines: list[str]) -> str:
-    """Add (or replace) a ``## title`` section at the end of ``output_dir/README.md``."""
+    """Add a ``## title`` section at the end of ``output_dir/README.md``, or replace that section's body
+    where it is if the card already has one (the sections after it are kept)."""
     path = os.path.join(output_dir, "README.md")
     with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    heading = f"## {title}"
-    text = text.split("\n" + heading + "\n")[0].rstrip("\n") + "\n"
+        text = fh.read().rstrip("\n") + "\n"
+    heading = f"## {title}\n"
+    section = heading + "\n" + "\n".join(lines) + "\n"
+    start = text.find("\n" + heading)
+    if start < 0:
+        text = text + "\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start + 1] + section + (text[end:] if end >= 0 else "")
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n" + "\n".join([heading, "", *lines]) + "\n")
+        fh.write(text)
     return path

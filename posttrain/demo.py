@@ -29,7 +29,7 @@ from .card import append_card_section
 from .cli import RewardArguments, run_training, summary
 from .config import DataArguments, ModelArguments
 from .data import toy
-from .evaluation import evaluate_policy
+from .eval import evaluate_policy
 from .models.loading import load_model, load_tokenizer
 from .rewards import RewardModelScorer
 from .rewards.builtin import sentiment
@@ -230,7 +230,7 @@ class Demo:
                 "main": next(e["label"] for e in evaluations if e["main"])}
 
     def report(self) -> dict:
-        from .report import write_report
+        from .eval.report import write_report
 
         results = {"model": self.args.model, "machine": machine(), "eval_prompts": len(EVAL_PROMPTS),
                    "stages": {}, "evaluations": []}

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from .data.tokenize import tokenize_prompt
-from .rollout.batch import forward_completion
-from .rollout.sampling import PolicySampler, SamplingConfig
+from ..data.tokenize import tokenize_prompt
+from ..rollout.batch import forward_completion
+from ..rollout.sampling import PolicySampler, SamplingConfig
 
 
 @torch.no_grad()
@@ -30,6 +30,9 @@ def evaluate_policy(model, tokenizer, prompts: list[str], rewards: dict, *, refe
         raise ValueError("evaluate_policy needs at least one prompt.")
     sampler = PolicySampler(tokenizer, SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0))
     samples, kls, lengths = [], [], []
+    reference_was_training = reference is not None and reference.training
+    if reference is not None:
+        reference.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
@@ -45,6 +48,8 @@ def evaluate_policy(model, tokenizer, prompts: list[str], rewards: dict, *, refe
             for i, (prompt, text) in enumerate(zip(chunk, texts)):
                 samples.append({"prompt": prompt, "completion": text,
                                 **{name: float(values[i]) for name, values in scores.items()}})
+    if reference_was_training:
+        reference.train()
     out = {name: sum(s[name] for s in samples) / len(samples) for name in rewards}
     if reference is not None:
         out["kl"] = sum(kls) / len(kls)
