@@ -24,6 +24,8 @@ from importlib import resources
 
 import datasets
 import torch
+import transformers
+from transformers import TrainerCallback
 
 from .card import append_card_section
 from .cli import RewardArguments, run_training, summary
@@ -34,8 +36,6 @@ from .models.loading import load_model, load_tokenizer
 from .rewards import RewardModelScorer
 from .rewards.builtin import sentiment
 from .trainers import DPOConfig, PPOConfig, RewardConfig, SFTConfig
-import transformers
-from transformers import TrainerCallback
 
 STAGES = ("pretrain", "sft", "reward", "ppo", "dpo", "report")
 NEEDS = {"sft": ("pretrain",), "reward": ("sft",), "ppo": ("sft", "reward"), "dpo": ("sft", "reward"),
@@ -44,7 +44,6 @@ STEPS = {"pretrain": 400, "sft": 150, "reward": 150, "ppo": 40, "dpo": 120}  # o
 LEARNING_RATES = {"pretrain": 1e-3, "sft": 5e-4, "reward": 5e-4, "ppo": 1e-4, "dpo": 1e-4}
 EVAL_PROMPTS = toy.held_out_openings(40)
 MAX_NEW_TOKENS = 24
-WARMUP = 80
 PROBES = 4  # evaluations along each PPO / DPO run (the last one after saving): points of its frontier path
 
 
@@ -121,9 +120,12 @@ class Demo:
     def steps(self, stage: str) -> int:
         return self.args.steps or STEPS[stage]
 
-    def common(self, out: str, steps: int) -> dict:
-        return dict(output_dir=out, max_steps=steps, per_device_train_batch_size=16, logging_steps=max(steps // 20, 1),
-                    save_steps=steps, lr_scheduler_type="cosine", warmup_steps=0, seed=0, report_to="none",
+    def common(self, stage: str, out: str | None = None) -> dict:
+        """Settings of the offline (transformers.Trainer) stages."""
+        steps = self.steps(stage)
+        return dict(output_dir=out or self.path(stage), max_steps=steps, learning_rate=LEARNING_RATES[stage],
+                    per_device_train_batch_size=16, logging_steps=max(steps // 20, 1), save_steps=steps,
+                    lr_scheduler_type="cosine", warmup_steps=0, seed=self.args.seed, report_to="none",
                     disable_tqdm=self.args.quick, max_length=96)
 
     # ---- evaluation on held-out openings --------------------------------------------------------------
@@ -149,7 +151,8 @@ class Demo:
         if with_rm:
             append_card_section(model_dir, "Held-out evaluation (posttrain demo)", [
                 f"On {len(EVAL_PROMPTS)} review openings no stage trained on, one sample each at temperature 1:",
-                "", f"- reward-model score: {result['rm_score']:.4f}", f"- sentiment (VADER): {result['sentiment']:.4f}",
+                "", f"- reward-model score: {result['rm_score']:.4f}",
+                f"- sentiment (VADER): {result['sentiment']:.4f}",
                 f"- KL to the SFT model: {result['kl']:.4f} nats per completion",
                 f"- completion length: {result['length']:.1f} tokens"])
         return result
@@ -173,19 +176,19 @@ class Demo:
         return trainer, history, summary(command, trainer, time.perf_counter() - start)
 
     def pretrain(self) -> dict:
-        config = SFTConfig(learning_rate=LEARNING_RATES["pretrain"], **self.common(self.path("pretrain"), self.steps("pretrain")))
+        config = SFTConfig(**self.common("pretrain"))
         _, history, line = self.train("sft", self.args.model, self.data["pretrain"], config)
         sample = self.evaluate("pretrain", "pretrain", self.path("pretrain"), with_rm=False)
         return {"summary": line + " | " + self.eval_line(sample), "history": history}
 
     def sft(self) -> dict:
-        config = SFTConfig(learning_rate=LEARNING_RATES["sft"], **self.common(self.path("sft"), self.steps("sft")))
+        config = SFTConfig(**self.common("sft"))
         _, history, line = self.train("sft", self.path("pretrain"), self.data["sft"], config)
         sample = self.evaluate("sft", "sft", self.path("sft"), with_rm=False)
         return {"summary": line + " | " + self.eval_line(sample), "history": history}
 
     def reward(self) -> dict:
-        config = RewardConfig(learning_rate=LEARNING_RATES["reward"], **self.common(self.path("reward"), self.steps("reward")))
+        config = RewardConfig(**self.common("reward"))
         _, history, line = self.train("reward", self.path("sft"), self.data["preferences"], config, 0.1)
         evaluations = [self.evaluate("pretrain", "pretrain", self.path("pretrain")),
                        self.evaluate("sft", "sft", self.path("sft"))]
@@ -194,11 +197,14 @@ class Demo:
 
     def ppo(self) -> dict:
         def config(kl_coef: float, out: str) -> PPOConfig:
-            ppo = PPOConfig(output_dir=out, max_steps=self.steps("ppo"), per_device_batch_size=16, mini_batch_size=8,
-                            num_epochs=4, max_new_tokens=16, learning_rate=LEARNING_RATES["ppo"],
-                            init_kl_coef=kl_coef, target_kl=None, seed=self.args.seed, logging_steps=1,
-                            lr_scheduler_type="cosine", warmup_steps=WARMUP,
-                            disable_tqdm=self.args.quick)
+            # Completions of at most 16 tokens: SFT continuations end after ~11, a longer budget invites run-ons.
+            # A fixed KL weight (no adaptive target). Warm-up for a quarter of the run: each PPO step is 8
+            # optimizer steps (4 epochs x 2 mini-batches).
+            steps = self.steps("ppo")
+            ppo = PPOConfig(output_dir=out, max_steps=steps, per_device_batch_size=16, mini_batch_size=8, num_epochs=4,
+                            max_new_tokens=16, learning_rate=LEARNING_RATES["ppo"], init_kl_coef=kl_coef,
+                            target_kl=None, lr_scheduler_type="cosine", warmup_steps=steps * 2, seed=self.args.seed,
+                            logging_steps=1, disable_tqdm=self.args.quick)
             ppo.reward_args = RewardArguments(reward=[self.path("reward")])  # PPO against the reward model
             return ppo
 
@@ -206,7 +212,7 @@ class Demo:
 
     def dpo(self) -> dict:
         def config(beta: float, out: str) -> DPOConfig:
-            return DPOConfig(learning_rate=LEARNING_RATES["dpo"], beta=beta, **self.common(out, self.steps("dpo")))
+            return DPOConfig(beta=beta, **self.common("dpo", out))
 
         return self.sweep("dpo", "beta", self.args.dpo_betas, config, self.data["preferences"])
 
@@ -278,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the run whose samples the report shows).")
     parser.add_argument("--dpo_betas", type=float, nargs="+", default=[0.3, 1.0, 3.0],
                         help="DPO betas (one frontier point each; the middle one's samples are shown).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the PPO runs and of evaluation sampling.")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of every stage and of evaluation sampling (default 0).")
     parser.add_argument("--quick", action="store_true", help="No progress bars (for tests and CI logs).")
     args = parser.parse_args(argv)
     # A progress bar per training run and a result line per stage; no bars for loading data and weights,

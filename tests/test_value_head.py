@@ -178,10 +178,31 @@ def test_generate_and_disable_adapter_errors(batch, tok):
     assert set(model.state_dict()) >= {"v_head.summary.weight", "v_head.summary.bias"}
 
 
+DDP_SCRIPT = """
+import sys, torch, peft
+import torch.distributed as dist
+from posttrain.models.value_head import AutoModelForCausalLMWithValueHead
+torch.manual_seed(0)
+config = peft.LoraConfig(r=4, target_modules=sys.argv[2].split(","))
+model = AutoModelForCausalLMWithValueHead.from_pretrained("tiny:llama", peft_config=config)
+ids = torch.randint(5, 200, (2, 6))
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+ddp(input_ids=ids, attention_mask=torch.ones_like(ids)).values.sum().backward()
+assert model.v_head.summary.weight.grad is not None
+del ddp  # the reducer holds the process group: free it first, then tear the group down
+dist.destroy_process_group()
+print("ddp ok")
+"""
+
+
 def test_output_works_with_pytree_and_ddp(batch, tmp_path):
     """DDP flattens forward outputs (pytree, ``_find_tensors``); a dict-style output with a ``values``
-    field breaks that, since the field hides ``dict.values``."""
-    import torch.distributed as dist
+    field breaks that, since the field hides ``dict.values``. DDP runs in a subprocess: a gloo process
+    group torn down inside the test process can hang at exit."""
+    import subprocess
+    import sys
+
     from torch.utils import _pytree as pytree
 
     config = peft.LoraConfig(r=4, target_modules=LORA_TARGETS["llama"])
@@ -190,11 +211,6 @@ def test_output_works_with_pytree_and_ddp(batch, tmp_path):
     leaves = pytree.tree_leaves(out)
     assert any(leaf is out.values for leaf in leaves) and any(leaf is out.logits for leaf in leaves)
     assert out["values"] is out.values
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
-    try:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-        wrapped = ddp(**batch)
-        wrapped.values.sum().backward()
-        assert model.v_head.summary.weight.grad is not None
-    finally:
-        dist.destroy_process_group()
+    proc = subprocess.run([sys.executable, "-c", DDP_SCRIPT, str(tmp_path / "store"), ",".join(LORA_TARGETS["llama"])],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ddp ok" in proc.stdout, proc.stderr[-3000:]

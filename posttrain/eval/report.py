@@ -150,7 +150,8 @@ def plot_frontier(results: dict, path: str) -> str | None:
         for i, e in enumerate(group):
             text = "SFT" if method == "sft" else _pretty(e.get("label") or e.get("name"))
             # Labels alternate above and below their marker, so runs that end close together stay readable.
-            ax.annotate(text, (e["kl"], e["rm_score"]), xytext=(6, 5 if i % 2 == 0 else -13), textcoords="offset points",
+            ax.annotate(text, (e["kl"], e["rm_score"]), xytext=(6, 5 if i % 2 == 0 else -13),
+                        textcoords="offset points",
                         fontsize=8.5, color=style["color"], zorder=4)
         if method == "sft":
             ax.axhline(group[0]["rm_score"], color=SFT_COLOUR, ls=":", lw=1, zorder=1)
