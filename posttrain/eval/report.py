@@ -300,7 +300,8 @@ def write_report(results: dict, output_dir: str) -> str:
                            f"<figcaption>{_esc(caption)}</figcaption></figure>")
     ran = [name for key, name in STAGE_NAMES.items() if key in stages]
     missing = [name for key, name in STAGE_NAMES.items() if key not in stages]
-    dirs = [r["dir"] for key in ("ppo", "dpo") for r in (stages.get(key) or {}).get("runs", []) if r.get("dir")]
+    dirs = [key for key in ("pretrain", "sft", "reward") if key in stages]  # the stage's own directory
+    dirs += [r["dir"] for key in ("ppo", "dpo") for r in (stages.get(key) or {}).get("runs", []) if r.get("dir")]
     machine, total = _esc(results.get("machine", "unknown machine")), _duration(results.get("total_seconds"))
     intro = (
         f"The demo post-trains the tiny model <code>{_esc(results.get('model'))}</code> end to end on one "
@@ -334,7 +335,8 @@ completion. ★ marks the main PPO and DPO runs, whose samples are shown below.<
 {_samples_table(evaluations)}
 <h2>Models and model cards</h2>
 <p>Each saved model directory has a <code>README.md</code> model card (method, base model, hyperparameters,
-metrics, library versions). Model directories of the runs:</p>
+metrics, library versions; the PPO, DPO, SFT and pretrained models also their held-out evaluation).
+Model directories, relative to the report:</p>
 <ul>{cards}</ul>
 <p class="meta">Machine: {machine}. Total time: {total}.</p>
 </main><script>{SCRIPT}</script></body></html>
