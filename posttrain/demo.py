@@ -290,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Seed of every stage and of evaluation sampling (default 0).")
     parser.add_argument("--quick", action="store_true", help="No progress bars (for tests and CI logs).")
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}.")
+    if min(args.ppo_kl_coefs) < 0 or min(args.dpo_betas) <= 0:
+        parser.error("--ppo_kl_coefs must be >= 0 and --dpo_betas > 0.")
     # A progress bar per training run and a result line per stage; no bars for loading data and weights,
     # no load reports (the reward model's new head is expected).
     verbosity, data_bars = transformers.logging.get_verbosity(), datasets.utils.logging.is_progress_bar_enabled()

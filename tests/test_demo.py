@@ -129,3 +129,11 @@ def test_full_demo_ppo_and_dpo_beat_sft(tmp_path):
     for e in results["evaluations"]:
         if e["method"] in ("ppo", "dpo"):
             assert e["rm_score"] > evals["sft"]["rm_score"] + 3.0, e["name"]
+
+
+@pytest.mark.parametrize("flags", [["--steps", "0"], ["--dpo_betas", "0"], ["--ppo_kl_coefs", "-1"]])
+def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as err:
+        main(["demo", "--output_dir", str(tmp_path / "d"), *flags])
+    assert err.value.code == 2 and "must be" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
