@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default="runs/demo", help="Where every stage writes (default runs/demo).")
     parser.add_argument("--stage", choices=["all", *STAGES], default="all",
                         help="Run one stage alone; it reuses the outputs of earlier stages in --output_dir.")
-    parser.add_argument("--model", default="tiny:llama-5m", help="Model to pretrain: a tiny:<arch>[-size] name, built from scratch and seeded "
+    parser.add_argument("--model", default="tiny:llama-5m",
+                        help="Model to pretrain: a tiny:<arch>[-size] name, built from scratch and seeded "
                              "(default tiny:llama-5m), or a local model directory to start from.")
     parser.add_argument("--steps", type=int, default=None,
                         help="Training steps for every stage, e.g. 20 for a quick look (a PPO step is one batch of 16 "

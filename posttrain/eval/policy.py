@@ -31,25 +31,27 @@ def evaluate_policy(model, tokenizer, prompts: list[str], rewards: dict, *, refe
     sampler = PolicySampler(tokenizer, SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0))
     samples, kls, lengths = [], [], []
     reference_was_training = reference is not None and reference.training
-    if reference is not None:
-        reference.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start: start + batch_size]
-            ids = [tokenize_prompt(tokenizer, p, None) for p in chunk]
-            rollout = sampler(model, ids, chunk, with_logprobs=reference is not None)
-            texts = tokenizer.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
-            lengths += rollout.completion_mask.sum(1).tolist()
-            if reference is not None:
-                ref_logps, _ = forward_completion(reference, rollout, 1.0)
-                kls += ((rollout.logprobs - ref_logps) * rollout.completion_mask).sum(1).tolist()
-            scores = {name: fn(chunk, texts) for name, fn in rewards.items()}
-            for i, (prompt, text) in enumerate(zip(chunk, texts)):
-                samples.append({"prompt": prompt, "completion": text,
-                                **{name: float(values[i]) for name, values in scores.items()}})
-    if reference_was_training:
-        reference.train()
+    try:
+        if reference is not None:
+            reference.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start: start + batch_size]
+                ids = [tokenize_prompt(tokenizer, p, None) for p in chunk]
+                rollout = sampler(model, ids, chunk, with_logprobs=reference is not None)
+                texts = tokenizer.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
+                lengths += rollout.completion_mask.sum(1).tolist()
+                if reference is not None:
+                    ref_logps, _ = forward_completion(reference, rollout, 1.0)
+                    kls += ((rollout.logprobs - ref_logps) * rollout.completion_mask).sum(1).tolist()
+                scores = {name: fn(chunk, texts) for name, fn in rewards.items()}
+                for i, (prompt, text) in enumerate(zip(chunk, texts)):
+                    samples.append({"prompt": prompt, "completion": text,
+                                    **{name: float(values[i]) for name, values in scores.items()}})
+    finally:
+        if reference_was_training:
+            reference.train()
     out = {name: sum(s[name] for s in samples) / len(samples) for name in rewards}
     if reference is not None:
         out["kl"] = sum(kls) / len(kls)

@@ -3,8 +3,15 @@
 ``write_report(results, output_dir)`` draws three PNG plots (PPO reward/KL, loss curves, the
 reward-vs-KL frontier) and writes ``report.html`` with everything inlined (CSS, images as
 ``data:`` URIs), so the page works offline. ``check_in_browser`` loads the page in headless
-chromium, checks that every image decoded and takes a screenshot. The schema of ``results``
-is in the demo's notes: any stage may be absent, and then the report says "not run".
+chromium, checks that every image decoded and takes a screenshot.
+
+``results`` is what ``posttrain demo`` writes to ``results.json``: ``model``, ``machine``,
+``total_seconds``, ``eval_prompts``; ``stages[name]`` with ``seconds``, ``summary`` and either a
+``history`` (pretrain, sft, reward: logged entries) or ``runs`` (ppo, dpo: ``label``, ``setting``,
+``dir``, ``history`` and ``path``, the held-out evaluations along training) plus the ``main`` run's
+label; and ``evaluations``, one per model (``name``, ``method``, ``label``, ``main``, ``rm_score``,
+``sentiment``, ``kl`` to SFT, ``length`` and ``samples`` for the same prompts). Any stage may be
+absent; the report then says "not run".
 """
 
 from __future__ import annotations
