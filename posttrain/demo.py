@@ -253,11 +253,18 @@ class Demo:
         return {"summary": f"wrote {html} and its plots ({results['total_seconds']:.0f}s of training and "
                            f"evaluation in {len(results['stages'])} stages)"}
 
+    def first_missing(self, stage: str) -> str | None:
+        """The stage to run before ``stage`` can: its missing input, or that input's own missing input."""
+        for need in NEEDS.get(stage, ()):
+            if not os.path.exists(self.path(need, "stage.json")):
+                return self.first_missing(need) or need
+        return None
+
     def run(self, stage: str) -> int:
-        missing = [need for need in NEEDS.get(stage, ()) if not os.path.exists(self.path(need, "stage.json"))]
+        missing = self.first_missing(stage)
         if missing:
-            print(f"Stage {stage!r} needs the output of stage {missing[0]!r} in {self.path(missing[0])}, which is "
-                  f"missing. Run first: posttrain demo --stage {missing[0]} --output_dir {self.out}")
+            print(f"Stage {stage!r} needs the outputs of earlier stages in {self.out}; stage {missing!r} has not "
+                  f"been run there. Run first: posttrain demo --stage {missing} --output_dir {self.out}")
             return 1
         print(f"== stage {stage} ==", flush=True)
         start = time.perf_counter()

@@ -95,13 +95,19 @@ def test_the_demo_report_renders_in_a_headless_browser(reduced_demo, tmp_path):
 
 
 def test_a_stage_without_its_inputs_says_what_to_run_first(tmp_path, capsys):
+    # Nothing there: DPO needs SFT, which needs pretraining.
     assert main(["demo", "--output_dir", str(tmp_path), "--stage", "dpo", "--quick"]) == 1
-    assert "Run first: posttrain demo --stage sft" in capsys.readouterr().out
-    (tmp_path / "sft").mkdir()
-    (tmp_path / "sft" / "stage.json").write_text("{}")
+    assert "Run first: posttrain demo --stage pretrain" in capsys.readouterr().out
+    for stage in ("pretrain", "sft"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "stage.json").write_text("{}")
     assert main(["demo", "--output_dir", str(tmp_path), "--stage", "ppo", "--quick"]) == 1
     assert f"Run first: posttrain demo --stage reward --output_dir {tmp_path}" in capsys.readouterr().out
     assert not (tmp_path / "ppo").exists()
+    # SFT present without its pretraining input: PPO does not need pretraining any more.
+    (tmp_path / "pretrain" / "stage.json").unlink()
+    assert main(["demo", "--output_dir", str(tmp_path), "--stage", "ppo", "--quick"]) == 1
+    assert "Run first: posttrain demo --stage reward" in capsys.readouterr().out
 
 
 def test_a_stage_reuses_earlier_outputs(reduced_demo, tmp_path, capsys):
