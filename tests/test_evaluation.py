@@ -153,6 +153,19 @@ def assert_same_weights(a: dict, b: dict):
         assert torch.equal(a[name], b[name]), name
 
 
+def check_probe_leaves_training_alone(run):
+    """``run(name, callbacks) -> (start weights, end weights)``: training moves the weights, a probe every
+    2 of 4 steps records one point and the probed run ends with the unprobed run's exact weights."""
+    from posttrain.demo import FrontierProbe
+
+    probe = FrontierProbe(FakeDemo(), every=2)
+    start, plain = run("plain", None)
+    _, probed = run("probed", [probe])
+    assert any(not torch.equal(start[n], plain[n]) for n in start)  # training moved the weights
+    assert_same_weights(plain, probed)
+    check_probe_points(probe, [2])
+
+
 def check_probe_points(probe, steps):
     assert [p["step"] for p in probe.points] == steps  # the final step is left to the evaluation after saving
     assert probe.demo.calls == len(steps)
@@ -162,7 +175,6 @@ def check_probe_points(probe, steps):
 
 
 def test_frontier_probe_does_not_change_ppo_training(tmp_path):
-    from posttrain.demo import FrontierProbe
     from posttrain.trainers import PPOConfig, PPOTrainer
 
     def run(name, callbacks):
@@ -174,16 +186,10 @@ def test_frontier_probe_does_not_change_ppo_training(tmp_path):
         trainer.train()
         return start, weights(trainer.model)
 
-    probe = FrontierProbe(FakeDemo(), every=2)
-    start, plain = run("plain", None)
-    _, probed = run("probed", [probe])
-    assert any(not torch.equal(start[n], plain[n]) for n in start)  # training moved the weights
-    assert_same_weights(plain, probed)
-    check_probe_points(probe, [2])
+    check_probe_leaves_training_alone(run)
 
 
 def test_frontier_probe_does_not_change_dpo_training(tmp_path):
-    from posttrain.demo import FrontierProbe
     from posttrain.trainers import DPOConfig, DPOTrainer
 
     def run(name, callbacks):
@@ -200,12 +206,7 @@ def test_frontier_probe_does_not_change_dpo_training(tmp_path):
         trainer.train()
         return start, weights(trainer.model)
 
-    probe = FrontierProbe(FakeDemo(), every=2)
-    start, plain = run("plain", None)
-    _, probed = run("probed", [probe])
-    assert any(not torch.equal(start[n], plain[n]) for n in start)
-    assert_same_weights(plain, probed)
-    check_probe_points(probe, [2])
+    check_probe_leaves_training_alone(run)
 
 
 # ---- a new head starts from the load's seed ------------------------------------------------------------
