@@ -30,6 +30,8 @@ class Rollout:
     logprobs: torch.Tensor | None = None  # [B, C] the policy's log-probs at sampling time (0 on padding)
     prompts: list = field(default_factory=list)  # the dataset's prompt values (text or messages)
     columns: dict = field(default_factory=dict)  # other dataset columns, a list per column (for rewards)
+    rewards: dict = field(default_factory=dict)  # name -> [B] rewards the rollout source scored itself (None: n/a)
+    truncated_prompts: int = 0  # prompts cut to max_prompt_length when this rollout was built
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -46,7 +48,8 @@ class Rollout:
                        completion_attention=self.completion_attention[index],
                        completion_mask=self.completion_mask[index], logprobs=pick(self.logprobs),
                        prompts=[self.prompts[i] for i in rows] if self.prompts else [],
-                       columns={k: [v[i] for i in rows] for k, v in self.columns.items()})
+                       columns={k: [v[i] for i in rows] for k, v in self.columns.items()},
+                       rewards={k: [v[i] for i in rows] for k, v in self.rewards.items()})
 
     def completion_lists(self) -> list[list[int]]:
         """Each row's completion ids without padding (generated and inserted tokens)."""
