@@ -91,3 +91,11 @@ def append_card_section(output_dir: str, title: str, lines: list[str]) -> str:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
     return path
+
+
+def final_metrics(log_history: list[dict]) -> dict:
+    """The most recent value of each logged number (what a model card and a run summary report)."""
+    out = {}
+    for entry in log_history:
+        out.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return out

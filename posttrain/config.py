@@ -66,6 +66,12 @@ class PostTrainConfig(TrainingArguments):
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
     save_total_limit: int | None = field(default=2, metadata={
         "help": "Keep at most this many checkpoints in output_dir (oldest deleted first)."})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "Switch dropout off in the model (and DPO's reference model): dropout modules, attention "
+                "dropout rates and the config's dropout fields are set to 0, so the saved config records 0. "
+                "Default True for every posttrain trainer, SFT included; TRL defaults to True for DPO, KTO "
+                "and reward but its SFTConfig has no such field and keeps the model's dropout. A LoRA "
+                "adapter from --use_lora keeps its --lora_dropout."})
 
     def __post_init__(self):
         if self.extra_columns not in ("error", "drop"):

@@ -136,8 +136,11 @@ class Demo:
             if self._judges is None:
                 self._judges = RewardModelScorer(self.path("reward")), load_model(self.path("sft"), "causal-lm")
             rewards["rm_score"], reference = self._judges
-        return evaluate_policy(model, tokenizer, EVAL_PROMPTS, rewards, reference=reference,
-                               max_new_tokens=MAX_NEW_TOKENS, seed=self.args.seed)
+        result = evaluate_policy(model, tokenizer, EVAL_PROMPTS, rewards, reference=reference,
+                                 max_new_tokens=MAX_NEW_TOKENS, seed=self.args.seed)
+        if "kl_sum" in result:  # the frontier's KL axis is in nats per completion
+            result["kl"] = result.pop("kl_sum")
+        return result
 
     def sft_evaluation(self) -> dict:
         """The SFT model's held-out evaluation, made by the reward stage."""

@@ -14,6 +14,7 @@ import posttrain
 from posttrain import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
 from posttrain.data import toy
 from posttrain.losses.rl import clipped_policy_loss
+from posttrain.rewards import RewardError
 from posttrain.rollout import SamplingConfig, forward_completion
 from posttrain.rollout.environment import TextEnvironment, describe_tools
 from posttrain.tools import PythonRunner, calculator
@@ -80,9 +81,9 @@ class Scripted:
         return torch.tensor([r + [self.tok.pad_token_id] * (width - len(r)) for r in rows])
 
 
-def make_env(tok, scripts, tools=(calculator,), max_new_tokens=64, **kwargs):
+def make_env(tok, scripts, tools=(calculator,), max_new_tokens=64, max_prompt_length=None, **kwargs):
     env = TextEnvironment(list(tools) if not isinstance(tools, dict) else tools, **{"header": "", **kwargs})
-    env.bind(tok, SamplingConfig(max_new_tokens=max_new_tokens))
+    env.bind(tok, SamplingConfig(max_new_tokens=max_new_tokens), max_prompt_length=max_prompt_length)
     env.backend = Scripted(tok, scripts)
     return env
 
@@ -118,7 +119,7 @@ def test_mask_is_one_on_generated_tokens_only(model, tok, enc):
     mask = rollout.completion_mask
     # a leaf tensor of log-probs: the loss's gradient is zero exactly at the tool output, nonzero elsewhere
     logps = torch.zeros_like(mask, dtype=torch.float64, requires_grad=True)
-    loss, _ = clipped_policy_loss(logps, logps.detach(), advantages=torch.ones(1), mask=mask, clip_range=0.2)
+    loss, _ = clipped_policy_loss(logps, logps.detach(), advantages=torch.ones(1), mask=mask, epsilon=0.2)
     loss.backward()
     on, off = mask.bool(), ~mask.bool()
     assert (logps.grad[off] == 0).all()
@@ -126,7 +127,7 @@ def test_mask_is_one_on_generated_tokens_only(model, tok, enc):
     # the model's own log-probs of the episode: the same split, through the real forward pass
     model_logps, _ = forward_completion(model, rollout)
     loss, _ = clipped_policy_loss(model_logps, model_logps.detach(), advantages=torch.ones(1), mask=mask,
-                                  clip_range=0.2)
+                                  epsilon=0.2)
     (grad,) = torch.autograd.grad(loss, model_logps)
     assert (grad[off] == 0).all() and (grad[on] != 0).all()
     assert torch.allclose(model_logps.detach(), rollout.logprobs, atol=1e-5)  # sampling-time log-probs
@@ -322,9 +323,11 @@ def test_chat_template_malformed_tool_call_gets_an_error(model, tool_tok):
     ids, mask = row(rollout, 0)
     answer = enc("Sorry.") + [tool_tok.eos_token_id]
     assert ids[: len(enc(bad))] == enc(bad) and ids[-len(answer):] == answer
-    inserted = tool_tok.decode(ids[len(enc(bad)): -len(answer)])
-    assert "<|im_start|>tool\nError: malformed tool call" in inserted and "[truncated]" not in inserted
-    assert mask[-len(answer):] == [1] * len(answer) and 0 in mask
+    inserted = ids[len(enc(bad)): -len(answer)]
+    text = tool_tok.decode(inserted)
+    assert "<|im_start|>tool\nError: malformed tool call" in text and "[truncated]" not in text
+    # the malformed call is still the model's own text (mask 1); only the inserted tool turn is masked out
+    assert mask == [1] * len(enc(bad)) + [0] * len(inserted) + [1] * len(answer)
 
 
 def test_chat_prompt_without_tool_template_uses_the_plain_syntax(model, tok, enc):
@@ -337,7 +340,109 @@ def test_chat_prompt_without_tool_template_uses_the_plain_syntax(model, tok, enc
     assert row(rollout, 0)[0] == enc(CALL) + enc(RESULT) + enc("5") + [tok.eos_token_id]
 
 
-# --- 6. in a trainer ----------------------------------------------------------------------------------------
+# --- 6. max_prompt_length: the prompt's end is kept, and the cut is counted ----------------------------------------
+
+LONG = "word " * 20 + "alpha"  # the script key at the end survives the cut
+
+
+@pytest.mark.parametrize("limit", [8, None])
+def test_max_prompt_length_keeps_the_end_of_the_prompt(model, tok, enc, limit):
+    env = make_env(tok, {"alpha": [CALL, "5"], "bravo": ["7"]}, header=None, max_prompt_length=limit)
+    full = [tok(env.header + p)["input_ids"] for p in (LONG, "bravo")]  # the untruncated starting ids
+    assert len(full[0]) > 8 and len(full[1]) > 8  # the default header (the tool list) makes both long
+    rollout = run(env, model, tok, [LONG, "bravo"])
+    expected = full if limit is None else [ids[-limit:] for ids in full]
+    assert [prompt_row(rollout, i) for i in range(2)] == expected
+    assert rollout.truncated_prompts == (0 if limit is None else 2)
+    # the model generated from the kept ids too, not only the reported prompt_ids
+    assert env.backend.calls[0][0] == expected
+    assert env.backend.calls[1][0] == [expected[0] + enc(CALL) + enc(RESULT)]
+    assert row(rollout, 0)[0] == enc(CALL) + enc(RESULT) + enc("5") + [tok.eos_token_id]
+    assert rollout.rewards == {}  # no reward_funcs
+
+
+def test_max_prompt_length_counts_only_the_prompts_it_cuts(model, tok):
+    env = make_env(tok, {"alpha": ["5"], "bravo": ["7"]}, max_prompt_length=8)  # header "": "bravo" fits
+    rollout = run(env, model, tok, [LONG, "bravo"])
+    assert prompt_row(rollout, 0) == tok(LONG)["input_ids"][-8:]
+    assert prompt_row(rollout, 1) == tok("bravo")["input_ids"] and len(tok("bravo")["input_ids"]) <= 8
+    assert rollout.truncated_prompts == 1
+
+
+def test_max_prompt_length_cuts_the_chat_template_prompt(model, tool_tok):
+    enc = lambda text: tool_tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    env = make_env(tool_tok, {"What is 2+3?": [HERMES, "The answer is 5."]})
+    full = env.prompt_ids(MESSAGES)
+    limit = len(enc("What is 2+3?<|im_end|>\n<|im_start|>assistant\n")) + 2  # the tool listing is cut
+    env.bind(tool_tok, env.sampling, max_prompt_length=limit)
+    rollout = run(env, model, tool_tok, [MESSAGES])
+    assert prompt_row(rollout, 0) == full[-limit:] and rollout.truncated_prompts == 1
+    assert '"name": "calculator"' not in tool_tok.decode(prompt_row(rollout, 0))
+    assert "<|im_start|>tool\n5<|im_end|>" in tool_tok.decode(row(rollout, 0)[0])  # the episode still ran
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_max_prompt_length_must_be_a_positive_int(tok, bad):
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        TextEnvironment([calculator]).bind(tok, SamplingConfig(), max_prompt_length=bad)
+
+
+# --- 7. rewards the environment scores itself ---------------------------------------------------------------
+
+def tool_use(prompts, completions, tool_calls, **kwargs):
+    return [float(n) for n in tool_calls]
+
+
+class Recorder:
+    """A reward that takes keywords only (as TRL calls them), records them, and skips episodes without a call."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, *, prompts, completions, completion_ids, tool_calls, tool_errors, answer, **kwargs):
+        self.seen.append(dict(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                              tool_calls=tool_calls, tool_errors=tool_errors, answer=answer, **kwargs))
+        return [None if n == 0 else 1.0 - e for n, e in zip(tool_calls, tool_errors)]
+
+
+def test_reward_funcs_score_episodes_with_their_tool_calls(model, tok):
+    scripts = {
+        "alpha": [CALL, "<call>calculator(5*4)</call>", "20"],                      # two calls
+        "bravo": ["7"],                                                             # none
+        "charlie": ["<call>boom(0)</call>", "Sorry."],                              # one call, which fails
+        "delta": ["<call>calculator(1+1)</call>", "<call>calculator(2+2)</call>",   # max_turns=2: the
+                  "<call>calculator(3+3)</call>"],                                  # third call never runs
+    }
+    recorder = Recorder()
+    env = make_env(tok, scripts, tools={"calculator": calculator, "boom": boom}, max_turns=2, max_tokens=200,
+                   reward_funcs=[tool_use, recorder])
+    prompts = ["alpha", "bravo", "charlie", "delta"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    rollout = env(model, ids, prompts, columns={"answer": ["20", "7", "1", "4"]}, with_logprobs=False)
+    assert rollout.rewards == {"tool_use": [2.0, 0.0, 1.0, 2.0], "Recorder": [1.0, None, 0.0, 1.0]}
+    (seen,) = recorder.seen
+    completions = tok.batch_decode([row(rollout, i)[0] for i in range(4)], skip_special_tokens=True)
+    assert seen == {"prompts": prompts, "completions": completions,
+                    "completion_ids": [row(rollout, i)[0] for i in range(4)],
+                    "tool_calls": [2, 0, 1, 2], "tool_errors": [0, 0, 1, 0], "answer": ["20", "7", "1", "4"]}
+    assert completions[0] == CALL + RESULT + "<call>calculator(5*4)</call><result>20</result>20"  # tool output in
+    assert completions[2].startswith("<call>boom(0)</call><result>Error: ZeroDivisionError")
+    assert rollout.select([2, 0]).rewards == {"tool_use": [1.0, 2.0], "Recorder": [0.0, 1.0]}
+
+
+def test_a_broken_environment_reward_is_a_clear_error(model, tok):
+    env = make_env(tok, {"alpha": ["7"]}, reward_funcs=lambda completions, **kw: [1.0, 2.0])
+    with pytest.raises(RewardError, match="2 values for 1 completions"):
+        run(env, model, tok, ["alpha"])
+
+
+def test_a_column_named_like_an_environment_keyword_is_refused(model, tok):
+    env = make_env(tok, {"alpha": ["7"]}, reward_funcs=tool_use)
+    with pytest.raises(ValueError, match="tool_calls"):
+        env(model, [tok("alpha")["input_ids"]], ["alpha"], columns={"tool_calls": [[]]}, with_logprobs=False)
+
+
+# --- 8. in a trainer ----------------------------------------------------------------------------------------
 
 def test_unbound_environment_raises_a_clear_error(model, tok):
     env = TextEnvironment([calculator])

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from posttrain.losses.rl import (AdaptiveKLController, FixedKLController, RunningMoments, aggregate,
-                                 clipped_policy_loss, clipped_value_loss, gae, group_advantages, kl_controller,
-                                 kl_per_token, leave_one_out_advantages, masked_mean, masked_sum, masked_whiten)
+                                 clipped_policy_loss, clipped_value_loss, gae, group_advantages, grpo_kl,
+                                 kl_controller, kl_per_token, leave_one_out_advantages, masked_mean, masked_sum,
+                                 masked_whiten, rloo_sequence_loss)
 
 T = torch.tensor
 
@@ -107,20 +108,25 @@ def policy_inputs():
     return logps, old, T(ADV), T(MASK)
 
 
-@pytest.mark.parametrize("mode", ["sequence", "token", "constant"])
-def test_clipped_policy_loss_each_aggregation(mode):
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "dapo_window"])
+def test_clipped_policy_loss_each_loss_type(loss_type):
     rows = hand_policy_tokens(0.2, 0.2)
     # spot checks of the fixture: +A r=e^.5 is clipped to 1.2; -A r=e^-.5 is clipped to 0.8
     assert rows[0][0] == (-1.2, True) and rows[1][1] == (pytest.approx(1.6), True)
     assert not rows[0][1][1] and not rows[0][2][1] and not rows[1][0][1]
     flat = [loss for row in rows for loss, _ in row]
+    assert flat == pytest.approx([-1.2, -math.exp(-0.5), -math.exp(0.1), 2 * math.exp(0.5), 1.6])
     expected = {
-        "sequence": (sum(l for l, _ in rows[0]) / 3 + sum(l for l, _ in rows[1]) / 2) / 2,
-        "token": sum(flat) / 5,
-        "constant": sum(flat) / (2 * 4),
-    }[mode]
+        "grpo": (sum(flat[:3]) / 3 + sum(flat[3:]) / 2) / 2,  # mean of row means
+        "bnpo": sum(flat) / 5,                                # this batch's 5 tokens
+        "dr_grpo": sum(flat) / (2 * 4),                       # B=2 rows * max_completion_length=4
+        "dapo": sum(flat) / 5,                                # num_items defaults to this batch's tokens
+        "dapo_window": sum(flat) / 12,                        # num_items=12 tokens in the window
+    }[loss_type]
+    num_items = 12 if loss_type == "dapo_window" else None
     logps, old, adv, mask = policy_inputs()
-    loss, stats = clipped_policy_loss(logps, old, adv, mask, 0.2, aggregation=mode, max_tokens=4)
+    loss, stats = clipped_policy_loss(logps, old, adv, mask, 0.2, loss_type=loss_type.replace("_window", ""),
+                                      max_completion_length=4, num_items=num_items)
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     valid = [lr for row, m in zip(LOG_RATIOS, MASK) for lr, ok in zip(row, m) if ok]
     assert stats["clipfrac"].item() == pytest.approx(2 / 5)
@@ -137,22 +143,151 @@ def test_clipped_policy_loss_asymmetric_clip_and_per_token_advantages():
     assert rows[0][0][0] == pytest.approx(-1.28)
     logps, old, adv, mask = policy_inputs()
     per_token_adv = adv.unsqueeze(-1).expand(2, 3).clone()
-    loss, stats = clipped_policy_loss(logps, old, per_token_adv, mask, 0.2, clip_range_high=0.28)
+    loss, stats = clipped_policy_loss(logps, old, per_token_adv, mask, 0.2, epsilon_high=0.28)
     assert loss.item() == pytest.approx(sum(flat) / 5, abs=1e-5)
     assert stats["clipfrac"].item() == pytest.approx(sum(c for row in rows for _, c in row) / 5)
 
 
-def test_aggregate_sequence_skips_empty_rows_and_errors():
-    x = T([[1.0, 3.0, 0.0], [5.0, 5.0, 5.0], [float("nan"), 2.0, 2.0]])
-    mask = T([[1, 1, 0], [0, 0, 0], [0, 1, 1]])
-    assert aggregate(x, mask, "sequence").item() == pytest.approx((2.0 + 2.0) / 2)
-    assert aggregate(x, mask, "token").item() == pytest.approx((1 + 3 + 2 + 2) / 4)
-    assert aggregate(x, mask, "constant", max_tokens=3).item() == pytest.approx(8 / 9)
-    assert aggregate(x, torch.zeros(3, 3), "sequence").item() == 0.0
-    with pytest.raises(ValueError, match="max_tokens"):
-        aggregate(x, mask, "constant")
-    with pytest.raises(ValueError, match="sequence, token, constant"):
-        aggregate(x, mask, "mean")
+def test_aggregate_each_loss_type_skips_empty_rows_and_errors():
+    x = T([[1.0, 3.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0], [float("nan"), 2.0, 4.0, 9.0]])
+    mask = T([[1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 1, 1]])
+    # valid tokens: row 0 {1, 3}, row 1 none, row 2 {2, 4, 9}; S = 19, N = 5
+    assert aggregate(x, mask, "grpo").item() == pytest.approx((2.0 + 5.0) / 2)  # the empty row is left out
+    assert aggregate(x, mask, "bnpo").item() == pytest.approx(19 / 5)
+    assert aggregate(x, mask, "dr_grpo", max_completion_length=4).item() == pytest.approx(19 / 12)
+    assert aggregate(x, mask, "dapo").item() == pytest.approx(19 / 5)
+    assert aggregate(x, mask, "dapo", num_items=10).item() == pytest.approx(19 / 10)
+    assert aggregate(x, mask, "dapo", num_items=torch.tensor(10)).item() == pytest.approx(19 / 10)
+    assert aggregate(x, torch.zeros(3, 4), "grpo").item() == 0.0
+    assert aggregate(x, torch.zeros(3, 4), "bnpo").item() == 0.0
+    with pytest.raises(ValueError, match="max_completion_length"):
+        aggregate(x, mask, "dr_grpo")
+    with pytest.raises(ValueError, match="grpo, bnpo, dr_grpo, dapo"):
+        aggregate(x, mask, "token")  # the old names are gone
+
+
+# Accumulation fixture: 4 rows, split into micro-batches rows {0, 1} (5 tokens) and {2, 3} (6 tokens).
+ACC_LR = [[0.1, -0.05, 0.3, 0.0], [0.0, 0.2, 0.0, 0.0], [-0.1, 0.05, 0.0, 0.15], [0.25, -0.1, 0.0, 0.0]]
+ACC_ADV = [1.0, -0.5, 2.0, -1.0]
+ACC_MASK = [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def acc_hand_rows():
+    """Per-row lists of per-token losses (ε = 0.2), in scalar python."""
+    rows = []
+    for lrs, a, m in zip(ACC_LR, ACC_ADV, ACC_MASK):
+        rows.append([max(-a * math.exp(lr), -a * min(max(math.exp(lr), 0.8), 1.2)) for lr, ok in zip(lrs, m) if ok])
+    return rows
+
+
+def test_accumulation_window_dapo_num_items_grpo_and_dr_grpo_weights():
+    rows = acc_hand_rows()
+    assert rows[0][2] == pytest.approx(-1.2)  # e^.3 is clipped for A > 0
+    s_a, s_b = sum(rows[0]) + sum(rows[1]), sum(rows[2]) + sum(rows[3])
+    old = torch.full((4, 4), -1.0, dtype=torch.float64)
+    logps = (old + T(ACC_LR, dtype=torch.float64)).requires_grad_()
+    adv, mask = T(ACC_ADV, dtype=torch.float64), T(ACC_MASK)
+    halves = (slice(0, 2), slice(2, 4))
+
+    def window(loss_type, weight, **kw):
+        losses = [weight * clipped_policy_loss(logps[h], old[h], adv[h], mask[h], 0.2, loss_type, **kw)[0]
+                  for h in halves]
+        return sum(losses), torch.autograd.grad(sum(losses), logps)[0]
+
+    def big(loss_type, **kw):
+        loss = clipped_policy_loss(logps, old, adv, mask, 0.2, loss_type, **kw)[0]
+        return loss, torch.autograd.grad(loss, logps)[0]
+
+    big_bnpo, g_big = big("bnpo")
+    assert big_bnpo.item() == pytest.approx((s_a + s_b) / 11, abs=1e-12)
+    dapo, g_dapo = window("dapo", 1.0, num_items=11)  # the window's 11 tokens, weight 1
+    assert dapo.item() == pytest.approx(big_bnpo.item(), abs=1e-12)
+    assert torch.allclose(g_dapo, g_big, atol=1e-12, rtol=0)
+    # bnpo per micro-batch as TRL (1 / steps) is not the big batch: (s_a / 5 + s_b / 6) / 2
+    bnpo, _ = window("bnpo", 0.5)
+    assert bnpo.item() == pytest.approx((s_a / 5 + s_b / 6) / 2, abs=1e-12)
+    assert bnpo.item() != pytest.approx(big_bnpo.item(), abs=1e-3)
+    # grpo and dr_grpo: each micro-batch weighted by rows / rows_in_window = 2 / 4
+    row_means = [sum(r) / len(r) for r in rows]
+    big_grpo, g_big_grpo = big("grpo")
+    assert big_grpo.item() == pytest.approx(sum(row_means) / 4, abs=1e-12)
+    grpo, g_grpo = window("grpo", 2 / 4)
+    assert grpo.item() == pytest.approx(big_grpo.item(), abs=1e-12) and torch.allclose(g_grpo, g_big_grpo)
+    big_dr, g_big_dr = big("dr_grpo", max_completion_length=4)
+    assert big_dr.item() == pytest.approx((s_a + s_b) / (4 * 4), abs=1e-12)
+    dr, g_dr = window("dr_grpo", 2 / 4, max_completion_length=4)
+    assert dr.item() == pytest.approx(big_dr.item(), abs=1e-12) and torch.allclose(g_dr, g_big_dr)
+
+
+def test_grpo_kl_value_and_gradient_by_hand():
+    lp, ref, old = [-1.0, -2.0, -0.3], [-1.5, -1.0, -0.3], [-1.2, -1.8, -0.5]
+    for bias in (False, True):
+        logps = T(lp, dtype=torch.float64).requires_grad_()
+        kl = grpo_kl(logps, T(ref, dtype=torch.float64), T(old, dtype=torch.float64) if bias else None, bias)
+        (grad,) = torch.autograd.grad(kl.sum(), logps)
+        for i, (l, r, o) in enumerate(zip(lp, ref, old)):
+            d = r - l
+            k3 = math.exp(d) - d - 1
+            dk3 = 1 - math.exp(d)  # d/dl of exp(r - l) - (r - l) - 1
+            w = math.exp(l - o) if bias else 1.0  # importance ratio; d/dl w = w
+            assert kl[i].item() == pytest.approx(w * k3, abs=1e-12)
+            assert grad[i].item() == pytest.approx((w * k3 + w * dk3) if bias else dk3, abs=1e-12)
+    # token 0 by hand: k3 = e^-.5 - .5; with bias: e^.2 (e^-.5 - .5), gradient e^.2 (e^-.5 - .5 + 1 - e^-.5) = .5 e^.2
+    assert grad[0].item() == pytest.approx(0.5 * math.exp(0.2), abs=1e-12)
+    # padding: exp(170) overflows float32; with the mask it is 0 with a zero, finite gradient
+    logps = T([[-1.0, 80.0]]).requires_grad_()
+    kl = grpo_kl(logps, T([[-1.5, -90.0]]), T([[-1.2, 0.0]]), True, mask=T([[1, 0]]))
+    kl.sum().backward()
+    assert kl[0, 1].item() == 0.0 and logps.grad[0, 1].item() == 0.0 and torch.isfinite(logps.grad).all()
+    assert kl[0, 0].item() == pytest.approx(math.exp(0.2) * (math.exp(-0.5) - 0.5), abs=1e-6)
+
+
+# RLOO fixture: B=3 rows of 2, 3 and 1 valid tokens (N=6); padding holds garbage.
+RLOO_MASK = [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+RLOO_ADV = [1.0, -2.0, 0.5]
+RLOO_OLD = [[-1.0, -2.0, -3.0], [-0.5, -1.5, -0.7], [-2.0, 50.0, 50.0]]
+
+
+def test_rloo_sequence_gradient_is_reinforce_loo_and_token_level_differs_by_b_over_n():
+    old, adv, mask = T(RLOO_OLD, dtype=torch.float64), T(RLOO_ADV, dtype=torch.float64), T(RLOO_MASK)
+    logps = old.clone().requires_grad_()  # on-policy: every sequence ratio is 1, nothing clipped
+    loss, stats = rloo_sequence_loss(logps, old, adv, mask, 0.2)
+    assert loss.item() == pytest.approx(-(1.0 - 2.0 + 0.5) / 3)
+    assert stats["ratio_mean"].item() == 1.0 and stats["clipfrac"].item() == 0.0
+    (grad,) = torch.autograd.grad(loss, logps)
+    # -(1/B) Σ_i A_i ∇ Σ_t logp_it: every valid token of row i gets -A_i / B, padding 0
+    expected = [[-1 / 3, -1 / 3, 0.0], [2 / 3, 2 / 3, 2 / 3], [-0.5 / 3, 0.0, 0.0]]
+    for got, want in zip(grad.tolist(), expected):
+        assert got == pytest.approx(want, abs=1e-12)
+    # old sums ([B], as TRL stores them) give the same
+    old_sums = T([-3.0, -2.7, -2.0], dtype=torch.float64)
+    assert rloo_sequence_loss(logps, old_sums, adv, mask, 0.2)[0].item() == pytest.approx(loss.item())
+    # the old token-level aggregation (token mean over N=6) gives -A_i / N: the estimator times B / N = 1/2
+    token_loss, _ = clipped_policy_loss(logps, old, adv, mask, 0.2, "bnpo")
+    (token_grad,) = torch.autograd.grad(token_loss, logps)
+    assert torch.allclose(token_grad, grad * 3 / 6, atol=1e-12, rtol=0)
+    assert not torch.allclose(token_grad, grad)
+    assert token_grad[1, 0].item() == pytest.approx(2 / 6)
+
+
+def test_rloo_sequence_loss_clipped_by_hand():
+    lr = T([[0.1, 0.2, 100.0], [-0.1, 0.05, 0.0], [-0.4, 100.0, 100.0]], dtype=torch.float64)
+    old, adv, mask = T(RLOO_OLD, dtype=torch.float64), T(RLOO_ADV, dtype=torch.float64), T(RLOO_MASK)
+    logps = (old + lr).requires_grad_()
+    # sequence log-ratios .3, -.05, -.4; ε=0.2: row 0 (A=1) e^.3 > 1.2 is clipped to -1.2;
+    # row 1 (A=-2): 2 e^-.05 inside; row 2 (A=.5): e^-.4 < .8 but A > 0, so -.5 e^-.4 > -.4 (not clipped)
+    loss, stats = rloo_sequence_loss(logps, old, adv, mask, 0.2)
+    assert loss.item() == pytest.approx((-1.2 + 2 * math.exp(-0.05) - 0.5 * math.exp(-0.4)) / 3, abs=1e-12)
+    assert stats["clipfrac"].item() == pytest.approx(1 / 3)
+    assert stats["ratio_mean"].item() == pytest.approx((math.exp(0.3) + math.exp(-0.05) + math.exp(-0.4)) / 3)
+    (grad,) = torch.autograd.grad(loss, logps)
+    expected = [[0.0, 0.0, 0.0], [2 * math.exp(-0.05) / 3] * 3, [-0.5 * math.exp(-0.4) / 3, 0.0, 0.0]]
+    for got, want in zip(grad.tolist(), expected):
+        assert got == pytest.approx(want, abs=1e-12)
+    # clip-higher ε_high=0.4: e^.3 < 1.4, nothing clipped
+    loss, stats = rloo_sequence_loss(logps, old, adv, mask, 0.2, epsilon_high=0.4)
+    assert loss.item() == pytest.approx((-math.exp(0.3) + 2 * math.exp(-0.05) - 0.5 * math.exp(-0.4)) / 3, abs=1e-12)
+    assert stats["clipfrac"].item() == 0.0
 
 
 def test_clipped_value_loss_with_clipping_active():
@@ -176,15 +311,34 @@ def test_group_advantages_on_explicit_numbers():
     std1, std2 = math.sqrt((4 + 1 + 0 + 9) / 3), math.sqrt(4 * 0.25 / 3)
     expected = [d / (std1 + 1e-4) for d in dev[:4]] + [d / (std2 + 1e-4) for d in dev[4:]]
     assert group_advantages(rewards, 4).tolist() == pytest.approx(expected, abs=1e-5)
+    assert group_advantages(rewards, 4, True).tolist() == pytest.approx(expected, abs=1e-5)  # TRL: True = "group"
     batch_std = statistics.stdev(rewards.tolist())
     assert group_advantages(rewards, 4, "batch").tolist() == pytest.approx([d / (batch_std + 1e-4) for d in dev], abs=1e-5)
     assert group_advantages(rewards, 4, "none").tolist() == pytest.approx(dev)
-    # equal rewards in a group: zero advantage, no NaN
+    assert group_advantages(rewards, 4, False).tolist() == pytest.approx(dev)  # TRL: False = "none"
+    # equal rewards in a group: zero advantage, no NaN; group_size 1 (TRL eval): zero
     assert group_advantages(T([2.0, 2.0]), 2).tolist() == [0.0, 0.0]
+    assert group_advantages(T([2.0, 5.0]), 1).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="groups of 3"):
         group_advantages(rewards, 3)
     with pytest.raises(ValueError, match="group, batch, none"):
         group_advantages(rewards, 4, "std")
+
+
+NAN = float("nan")
+
+
+def test_group_advantages_leave_unscorable_rewards_out():
+    # group 1: scorable {1, 3, 5}: mean 3, unbiased std sqrt((4 + 0 + 4) / 2) = 2; group 2: none scorable;
+    # group 3: one scorable reward (deviation 0, std undefined)
+    rewards = T([1.0, NAN, 3.0, 5.0, NAN, NAN, NAN, NAN, 2.0, NAN, NAN, NAN])
+    zeros8 = [0.0] * 8
+    assert group_advantages(rewards, 4).tolist() == pytest.approx([-2 / 2.0001, 0.0, 0.0, 2 / 2.0001] + zeros8)
+    assert group_advantages(rewards, 4, "none").tolist() == pytest.approx([-2.0, 0.0, 0.0, 2.0] + zeros8)
+    # batch std over the scorable {1, 3, 5, 2}: mean 2.75, squares 3.0625 + .0625 + 5.0625 + .5625 = 8.75
+    batch_std = math.sqrt(8.75 / 3)
+    expected = [-2 / (batch_std + 1e-4), 0.0, 0.0, 2 / (batch_std + 1e-4)] + zeros8
+    assert group_advantages(rewards, 4, "batch").tolist() == pytest.approx(expected, abs=1e-6)
 
 
 def test_leave_one_out_advantages_on_explicit_numbers():
@@ -193,10 +347,26 @@ def test_leave_one_out_advantages_on_explicit_numbers():
     assert leave_one_out_advantages(rewards[:4], 4).tolist() == pytest.approx([-8 / 3, -4 / 3, 0.0, 4.0])
     # G=2: each baseline is the other reward
     assert leave_one_out_advantages(rewards, 2).tolist() == pytest.approx([-1.0, 1.0, -3.0, 3.0, -1.0, 1.0])
-    with pytest.raises(ValueError, match="group_size >= 2"):
-        leave_one_out_advantages(rewards, 1)
+    # normalize: mean 0, unbiased variance (64/9 + 16/9 + 0 + 16) / 3 = 224/27
+    std = math.sqrt(224 / 27)
+    assert leave_one_out_advantages(rewards[:4], 4, normalize=True).tolist() == pytest.approx(
+        [a / (std + 1e-4) for a in [-8 / 3, -4 / 3, 0.0, 4.0]], abs=1e-6)
+    assert leave_one_out_advantages(rewards, 1).tolist() == [0.0] * 6  # no sibling, no baseline (TRL eval)
     with pytest.raises(ValueError, match="groups of 4"):
         leave_one_out_advantages(rewards, 4)
+
+
+def test_leave_one_out_advantages_leave_unscorable_rewards_out():
+    rewards = T([1.0, NAN, 3.0, 5.0, 2.0, NAN, NAN, NAN, 4.0, 0.0, NAN, NAN])
+    # group 1: scorable {1, 3, 5}, sum 9, k=3: 1 - 8/2, 3 - 6/2, 5 - 4/2;  group 2: one scorable -> 0;
+    # group 3: {4, 0}, k=2: 4 - 0, 0 - 4; unscorable rows 0
+    expected = [-3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 4.0, -4.0, 0.0, 0.0]
+    assert leave_one_out_advantages(rewards, 4).tolist() == pytest.approx(expected)
+    # normalize over the defined advantages {-3, 0, 3, 4, -4} (not group 2's lone row): mean 0 (leave-one-out
+    # advantages sum to 0 in each group), unbiased variance (9 + 0 + 9 + 16 + 16) / 4 = 12.5
+    std = math.sqrt(12.5)
+    assert leave_one_out_advantages(rewards, 4, normalize=True).tolist() == pytest.approx(
+        [a / (std + 1e-4) for a in expected], abs=1e-6)
 
 
 def test_adaptive_kl_controller_sequence_and_state_round_trip():

@@ -31,6 +31,21 @@ def test_sft_prompt_completion(tok, enc):
     assert other["input_ids"][:len(p)] == p and other["completion_mask"][:len(p)] == [0] * len(p)
 
 
+def test_text_already_ending_with_eos_gets_no_second_eos(tok, enc):
+    eos_text, eos = tok.eos_token, tok.eos_token_id
+    lm = sft(tok, {"text": "The film was great fun." + eos_text}, LM)
+    assert lm["input_ids"] == enc("The film was great fun.") + [eos]
+    prompt, completion = "I went to see the film and", " it was wonderful."
+    pc = sft(tok, {"prompt": prompt, "completion": completion + eos_text}, PC)
+    assert pc["input_ids"] == enc(prompt) + enc(completion) + [eos]
+    assert pc == sft(tok, {"prompt": prompt, "completion": completion}, PC)
+    pair = pref(tok, {"prompt": "The film", "chosen": " was great." + eos_text, "rejected": " was dull."}, EXPLICIT)
+    assert pair["chosen_ids"] == enc(" was great.") + [eos] and pair["rejected_ids"] == enc(" was dull.") + [eos]
+    # an eos inside the text is data, not an ending: the final eos is still added
+    inside = sft(tok, {"prompt": prompt, "completion": eos_text + completion}, PC)
+    assert inside["input_ids"] == enc(prompt) + [eos] + enc(completion) + [eos]
+
+
 def test_sft_prompt_completion_train_on_prompt(tok, enc):
     row = {"prompt": "The film", "completion": " was great."}
     masked, full = sft(tok, row, PC), sft(tok, row, PC, train_on_prompt=True)

@@ -11,6 +11,9 @@ from __future__ import annotations
 from .formats import DataFormatError
 
 TRUNCATION_SIDES = ("right", "left")  # "right" drops the end (keeps the start); "left" drops the start
+# Part of the tokenized-dataset cache key (PostTrainer._prepare): bump it whenever the same row and
+# tokenizer start giving different ids, so a cached map from older code is not reused.
+TOKENIZATION_VERSION = 2  # 2: no second eos after text that already ends with one
 
 
 def check_tokenizer(tokenizer, needs_chat_template: bool = False) -> None:
@@ -49,17 +52,23 @@ def _conversation_segments(tokenizer, messages, row: int) -> list[tuple[str, boo
     return [(text, trainable) for text, trainable in segments if text]
 
 
+def with_eos(text: str, eos: str) -> str:
+    """``text`` ending in exactly one eos: data that already spells the eos out does not get a second,
+    which would teach the model to emit eos after eos."""
+    return text if text.endswith(eos) else text + eos
+
+
 def render_segments(tokenizer, fmt_name: str, conversational: bool, row: dict, index: int,
                     prompt_key: str = "prompt", completion_key: str = "completion") -> list[tuple[str, bool]]:
-    """Segments ``(text, trainable)`` for SFT-style formats."""
+    """Segments ``(text, trainable)`` for SFT-style formats; plain text ends with the eos token."""
     eos = tokenizer.eos_token
     if fmt_name == "language_modeling":
-        return [(row["text"] + eos, True)]
+        return [(with_eos(row["text"], eos), True)]
     if fmt_name == "conversational":
         return _conversation_segments(tokenizer, row["messages"], index)
     prompt, completion = row[prompt_key], row[completion_key]
     if not conversational:
-        return [(prompt, False), (completion + eos, True)]
+        return [(prompt, False), (with_eos(completion, eos), True)]
     before = _template(tokenizer, prompt, add_generation_prompt=True)
     full = _template(tokenizer, prompt + completion)
     if not full.startswith(before):

@@ -1,4 +1,5 @@
-"""Per-token log-probabilities of given labels: the one function every trainer uses.
+"""Per-token log-probabilities: of given labels (offline trainers) and of sampled completions (online
+trainers), the one home of both.
 
 ``log_softmax(logits).gather(labels)`` would materialise a full-vocabulary float32 copy of the
 logits (and autograd would keep it for the backward pass). Here the forward works on row chunks
@@ -12,6 +13,8 @@ import inspect
 from typing import NamedTuple
 
 import torch
+
+from ..models.loading import is_encoder_decoder
 
 IGNORE_INDEX = -100
 CHUNK_BYTES = 1 << 26  # ~64 MiB of float32 per chunk
@@ -153,3 +156,54 @@ def _shared_prefix_mask(segments: torch.Tensor, attn_implementation: str) -> tor
     if attn_implementation == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, device=segments.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
+# ---- completions of a rollout (online trainers) ---------------------------------------------------
+
+
+def model_inputs(model, rollout) -> dict:
+    """Forward inputs whose outputs at the returned positions predict each completion token."""
+    if is_encoder_decoder(model):
+        config = getattr(model, "module", model).config
+        start = torch.full_like(rollout.completion_ids[:, :1], config.decoder_start_token_id)
+        decoder_ids = torch.cat([start, rollout.completion_ids[:, :-1]], dim=1)
+        decoder_attention = torch.cat([torch.ones_like(start), rollout.completion_attention[:, :-1]], dim=1)
+        return {"input_ids": rollout.prompt_ids, "attention_mask": rollout.prompt_attention,
+                "decoder_input_ids": decoder_ids, "decoder_attention_mask": decoder_attention}
+    attention = torch.cat([rollout.prompt_attention, rollout.completion_attention], dim=1)
+    position_ids = (attention.cumsum(1) - 1).clamp(min=0)
+    return {"input_ids": torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1),
+            "attention_mask": attention, "position_ids": position_ids}
+
+
+def _values(out):
+    """A value head's per-token values from a model output (None for a plain language model).
+    (``ModelOutput`` is a dict, so ``out.values`` would be the dict method.)"""
+    if isinstance(out, dict):
+        return out.get("value", out.get("values"))
+    return getattr(out, "value", getattr(out, "values", None))
+
+
+def forward_completion(model, rollout, temperature: float = 1.0, with_values: bool = False):
+    """``(logps, values)`` of each completion token, ``[B, C]`` each (values None without a value head).
+
+    Log-probs are those of the sampling distribution (logits / temperature), in float32. A causal
+    model runs its output layer only over the completion (``logits_to_keep``); values come from the
+    same forward pass when the model has a value head.
+    """
+    inputs = model_inputs(model, rollout)
+    width = rollout.completion_ids.shape[1]
+    if is_encoder_decoder(model):
+        out = model(**inputs, use_cache=False)
+        logits, values = out.logits, _values(out)
+    else:
+        out = model(**inputs, logits_to_keep=width + 1, use_cache=False)
+        logits, values = out.logits[:, :-1], _values(out)
+        values = None if values is None else values[:, -width - 1:-1]
+    if temperature != 1.0:
+        logits = logits / temperature
+    logps = selective_log_softmax(logits, rollout.completion_ids) * rollout.completion_attention
+    if with_values and values is None:
+        raise ValueError("This trainer needs a value head on the policy: wrap it with "
+                         "AutoModelForCausalLMWithValueHead (or the seq2seq one).")
+    return logps, (values.float() if with_values else None)

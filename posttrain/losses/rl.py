@@ -13,8 +13,8 @@ import math
 import torch
 
 KL_ESTIMATORS = ("k1", "k3", "abs", "mse")
-AGGREGATIONS = ("sequence", "token", "constant")
-ADVANTAGE_SCALES = ("group", "batch", "none")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+ADVANTAGE_SCALES = ("group", "batch", "none")  # scale=True/False mean "group"/"none", as in TRL
 
 
 def _bool(mask: torch.Tensor) -> torch.Tensor:
@@ -95,57 +95,120 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values).masked_fill(~m, 0)
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, max_tokens: int | None = None) -> torch.Tensor:
-    """Reduce ``[B, T]`` per-token losses to a scalar.
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_completion_length: int | None = None,
+              num_items=None) -> torch.Tensor:
+    """Reduce ``[B, T]`` per-token losses to a scalar, with TRL's ``loss_type`` normalisations.
 
-    - ``sequence``: mean over rows of each row's masked mean (GRPO); rows with no valid token are
-      left out of the mean (0 if all rows are empty);
-    - ``token``: sum over all valid tokens / number of valid tokens (DAPO);
-    - ``constant``: sum over all valid tokens / (B * ``max_tokens``) (Dr. GRPO).
+    With ``S`` the masked sum of ``per_token``, ``n_i`` the loss tokens of row ``i``, ``N = Σ n_i``:
+
+    - ``grpo``: ``mean_i (Σ_t x_it / n_i)`` over the rows with ``n_i > 0`` (0 if none). TRL divides
+      by all ``B`` rows instead (an empty row counts as 0); the two differ only for empty rows;
+    - ``bnpo``: ``S / N`` (this batch's tokens; TRL ``bnpo``);
+    - ``dr_grpo``: ``S / (B * max_completion_length)`` (TRL ``dr_grpo``; needs a positive length);
+    - ``dapo``: ``S / num_items`` (clamped to >= 1 as TRL does), ``num_items`` = loss tokens of the
+      whole optimizer step; ``None`` means ``N`` (then equal to ``bnpo``).
+
+    Gradient accumulation (TRL divides grpo/bnpo/dr_grpo by the accumulation steps, which is exact for
+    equal micro-batches). To make a window of micro-batches equal one big batch, a trainer:
+
+    - ``grpo``: weights each micro-batch's loss by ``rows / rows_in_window`` (rows with a loss token);
+    - ``dr_grpo``: the same weight, so ``B`` becomes the window's rows;
+    - ``dapo``: passes ``num_items`` = the window's loss tokens and weight 1 (what TRL does). Under DDP,
+      which averages gradients over processes, pass ``window tokens of all processes / num_processes``
+      (TRL's choice) for the global token mean; the process's own count gives the mean of per-process means;
+    - ``bnpo``: per micro-batch as TRL (weight ``1 / steps``); not invariant to how the window is split.
     """
     m = _bool(mask)
-    if mode == "sequence":
-        row_counts = m.sum(-1)
-        row_means = masked_mean(per_token, m, dim=-1)
-        has_tokens = row_counts > 0
-        return masked_sum(row_means, has_tokens) / has_tokens.sum().clamp(min=1)
-    if mode == "token":
+    if loss_type == "grpo":
+        has_tokens = m.sum(-1) > 0
+        return masked_sum(masked_mean(per_token, m, dim=-1), has_tokens) / has_tokens.sum().clamp(min=1)
+    if loss_type == "bnpo" or (loss_type == "dapo" and num_items is None):
         return masked_mean(per_token, m)
-    if mode == "constant":
-        if max_tokens is None or max_tokens <= 0:
-            raise ValueError("aggregation 'constant' needs a positive max_tokens (the generation length budget).")
-        return masked_sum(per_token, m) / (per_token.shape[0] * max_tokens)
-    raise ValueError(f"Unknown aggregation {mode!r}; valid ones are {', '.join(AGGREGATIONS)}.")
+    if loss_type == "dr_grpo":
+        if max_completion_length is None or max_completion_length <= 0:
+            raise ValueError("loss_type 'dr_grpo' needs a positive max_completion_length.")
+        return masked_sum(per_token, m) / (per_token.shape[0] * max_completion_length)
+    if loss_type == "dapo":
+        n = torch.as_tensor(num_items, dtype=per_token.dtype, device=per_token.device)
+        return masked_sum(per_token, m) / n.clamp(min=1)
+    raise ValueError(f"Unknown loss_type {loss_type!r}; valid ones are {', '.join(LOSS_TYPES)}.")
 
 
-def clipped_policy_loss(logps, old_logps, advantages, mask, clip_range: float, aggregation: str = "token",
-                        max_tokens: int | None = None, clip_range_high: float | None = None):
-    """PPO's clipped surrogate (Schulman et al., 2017), with DAPO's asymmetric clip.
+def clipped_policy_loss(logps, old_logps, advantages, mask, epsilon: float, loss_type: str = "dapo",
+                        max_completion_length: int | None = None, epsilon_high: float | None = None, num_items=None):
+    """PPO's clipped surrogate (Schulman et al., 2017), with DAPO's asymmetric clip (TRL GRPO, token level).
 
-    ``r = exp(logp - old_logp)``; per token ``max(-A r, -A clip(r, 1 - ε_low, 1 + ε_high))`` with
-    ``ε_low = clip_range`` and ``ε_high = clip_range_high`` (default ``clip_range``), reduced by
-    :func:`aggregate`. ``advantages`` is ``[B]`` (one per sequence) or ``[B, T]``.
+    ``r = exp(logp - old_logp)``; per token ``-min(A r, A clip(r, 1 - ε_low, 1 + ε_high))`` with
+    ``ε_low = epsilon`` and ``ε_high = epsilon_high`` (default ``epsilon``), reduced by
+    :func:`aggregate` (``loss_type``, ``max_completion_length``, ``num_items``). ``advantages`` is
+    ``[B]`` (one per sequence) or ``[B, T]``.
 
     Returns ``(loss, stats)``; stats are detached token means over valid tokens:
     ``clipfrac`` (share of tokens where the clipped term is strictly larger, i.e. the gradient is
-    cut), ``approx_kl`` = ``0.5 (logp - old_logp)^2`` (k2, as TRL's PPO logs) and ``ratio_mean``.
+    cut; TRL's ``clip_ratio/region_mean``), ``approx_kl`` = ``0.5 (logp - old_logp)^2`` (k2, as TRL's
+    PPO logs) and ``ratio_mean``.
     """
     m = _bool(mask)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)
     log_ratio = (logps - old_logps).masked_fill(~m, 0)
     ratio = torch.exp(log_ratio)
-    high = clip_range if clip_range_high is None else clip_range_high
+    high = epsilon if epsilon_high is None else epsilon_high
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + high)
+    clipped = -advantages * torch.clamp(ratio, 1 - epsilon, 1 + high)
     per_token = torch.maximum(unclipped, clipped)
-    loss = aggregate(per_token, m, aggregation, max_tokens)
+    loss = aggregate(per_token, m, loss_type, max_completion_length, num_items)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), m),
             "approx_kl": masked_mean(0.5 * log_ratio.square(), m),
             "ratio_mean": masked_mean(ratio, m),
         }
+    return loss, stats
+
+
+def grpo_kl(logps, ref_logps, old_logps, bias_correction: bool, mask=None) -> torch.Tensor:
+    """GRPO's per-token KL penalty (TRL ``_compute_loss``), to add as ``beta * kl`` before :func:`aggregate`.
+
+    ``k3 = exp(ref - logp) - (ref - logp) - 1``; with ``bias_correction`` (TRL's
+    ``use_bias_correction_kl``) it is multiplied by the token importance ratio ``exp(logp - old_logp)``
+    and the gradient flows through both factors:
+    ``d/dlogp = r k3 + r (1 - exp(ref - logp))``. ``old_logps`` is unused (may be ``None``) without
+    it. With ``mask``, positions outside it are zeroed first (KL 0, ratio 1, no gradient).
+    """
+    m = None if mask is None else ~_bool(mask)
+    diff = logps - ref_logps if m is None else (logps - ref_logps).masked_fill(m, 0)
+    kl = torch.expm1(-diff) + diff  # = k3, see kl_per_token
+    if bias_correction:
+        log_ratio = logps - old_logps if m is None else (logps - old_logps).masked_fill(m, 0)
+        kl = kl * torch.exp(log_ratio)
+    return kl
+
+
+def rloo_sequence_loss(logps, old_logps, advantages, mask, epsilon: float, epsilon_high: float | None = None):
+    """RLOO's sequence-level clipped loss (Ahmadian et al., 2024; TRL 1.16 ``RLOOTrainer``).
+
+    ``r_i = exp(Σ_t logp_it - Σ_t old_logp_it)`` over the masked tokens of row ``i`` (``old_logps`` is
+    ``[B, T]`` per token, or ``[B]`` already summed as TRL stores it); loss
+    ``mean_i -min(r_i A_i, clip(r_i, 1 - ε_low, 1 + ε_high) A_i)`` over all ``B`` rows, ``ε_low =
+    epsilon``, ``ε_high = epsilon_high`` (default ``epsilon``). At ``r = 1`` its gradient is the
+    REINFORCE-LOO estimator ``-(1/B) Σ_i A_i ∇ Σ_t logp_it``. Under accumulation weight by
+    ``B / rows_in_window``. Returns ``(loss, stats)``, detached means over rows: ``clipfrac`` (share of
+    sequences whose clipped term is strictly larger) and ``ratio_mean``.
+    """
+    m = _bool(mask)
+    if old_logps.dim() == 1:
+        log_ratio = masked_sum(logps, m, dim=-1) - old_logps
+    else:
+        log_ratio = masked_sum(logps - old_logps, m, dim=-1)
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.reshape(-1)
+    high = epsilon if epsilon_high is None else epsilon_high
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - epsilon, 1 + high)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        stats = {"clipfrac": (clipped > unclipped).to(ratio.dtype).mean(), "ratio_mean": ratio.mean()}
     return loss, stats
 
 
@@ -164,40 +227,57 @@ def clipped_value_loss(values, old_values, returns, mask, clip_range: float):
     return loss, clipfrac
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
-    """GRPO advantages: groups are consecutive blocks of ``group_size`` completions of one prompt.
+def _nanstd(x: torch.Tensor) -> torch.Tensor:
+    """Unbiased std over the last dim of the non-NaN entries (keepdim); NaN with fewer than two (TRL ``nanstd``)."""
+    count = (~torch.isnan(x)).sum(-1, keepdim=True)
+    var = torch.nansum((x - torch.nanmean(x, -1, keepdim=True)).square(), -1, keepdim=True) / (count - 1).clamp(min=1)
+    return torch.where(count > 1, var.sqrt(), torch.full_like(var, float("nan")))
 
-    ``A = r - group mean``, then divided by ``group std + 1e-4`` (``scale="group"``, unbiased std
-    as in TRL's GRPO), by ``batch std + 1e-4`` (``"batch"``, unbiased std of all ``B`` rewards) or
-    not at all (``"none"``, Dr. GRPO).
-    """
-    if scale not in ADVANTAGE_SCALES:
-        raise ValueError(f"Unknown advantage scale {scale!r}; valid ones are {', '.join(ADVANTAGE_SCALES)}.")
+
+def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     if group_size < 1 or rewards.shape[0] % group_size:
         raise ValueError(f"{rewards.shape[0]} rewards cannot be split into groups of {group_size}.")
-    if scale == "group" and group_size < 2:
-        raise ValueError("scale='group' needs group_size >= 2 to compute a group std.")
-    if scale == "batch" and rewards.shape[0] < 2:
-        raise ValueError("scale='batch' needs at least 2 rewards to compute a batch std.")
-    grouped = rewards.view(-1, group_size)
-    advantages = grouped - grouped.mean(-1, keepdim=True)
+    return rewards.view(-1, group_size)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale="group") -> torch.Tensor:
+    """GRPO advantages (TRL ``sum_then_normalize``); groups are consecutive blocks of ``group_size``.
+
+    A NaN reward marks an unscorable completion: statistics use the scorable rewards only and its
+    advantage is 0. ``A = r - nanmean(group)``, then divided by ``nanstd(group) + 1e-4``
+    (``scale="group"`` or ``True``), by ``nanstd(batch) + 1e-4`` (``"batch"``) or not at all
+    (``"none"`` or ``False``, Dr. GRPO); stds are unbiased. As in TRL, an advantage that is NaN (a
+    std over fewer than two scorable rewards) becomes 0.
+    """
+    if isinstance(scale, bool):  # TRL's config maps True/False to "group"/"none"
+        scale = "group" if scale else "none"
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"Unknown advantage scale {scale!r}; valid ones are {', '.join(ADVANTAGE_SCALES)}.")
+    grouped = _groups(rewards, group_size)
+    advantages = grouped - torch.nanmean(grouped, -1, keepdim=True)
     if scale == "group":
-        advantages = advantages / (grouped.std(-1, keepdim=True) + 1e-4)
+        advantages = advantages / (_nanstd(grouped) + 1e-4)
     elif scale == "batch":
-        advantages = advantages / (rewards.std() + 1e-4)
-    return advantages.reshape(-1)
+        advantages = advantages / (_nanstd(rewards.reshape(1, -1)) + 1e-4)
+    advantages = advantages.reshape(-1)
+    return torch.where(torch.isnan(advantages), torch.zeros_like(advantages), advantages)
 
 
-def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """RLOO advantages (Kool et al., 2019; Ahmadian et al., 2024): ``A_i = r_i - mean_{j≠i} r_j``
-    over the other ``group_size - 1`` completions in its (consecutive) group."""
-    if group_size < 2:
-        raise ValueError(f"leave-one-out needs group_size >= 2, got {group_size}.")
-    if rewards.shape[0] % group_size:
-        raise ValueError(f"{rewards.shape[0]} rewards cannot be split into groups of {group_size}.")
-    grouped = rewards.view(-1, group_size)
-    baseline = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
-    return (grouped - baseline).reshape(-1)
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int, normalize: bool = False) -> torch.Tensor:
+    """RLOO advantages (Kool et al., 2019; Ahmadian et al., 2024; TRL 1.16), NaN-aware.
+
+    ``A_i = r_i - (Σ_{j≠i} r_j) / (k - 1)`` over the ``k`` scorable (non-NaN) rewards of row ``i``'s
+    consecutive group. Undefined advantages — unscorable rows, the only scorable row of a group,
+    every row when ``group_size == 1`` — become 0. ``normalize`` (TRL's ``normalize_advantages``):
+    ``(A - nanmean(A)) / (nanstd(A) + 1e-4)`` over the batch's defined advantages only.
+    """
+    grouped = _groups(rewards, group_size)
+    count = (~torch.isnan(grouped)).sum(-1, keepdim=True)
+    baseline = (torch.nansum(grouped, -1, keepdim=True) - grouped) / (count - 1).clamp(min=1)
+    advantages = torch.where(count > 1, grouped - baseline, torch.full_like(grouped, float("nan"))).reshape(-1)
+    if normalize:
+        advantages = (advantages - torch.nanmean(advantages)) / (_nanstd(advantages).squeeze(-1) + 1e-4)
+    return torch.where(torch.isnan(advantages), torch.zeros_like(advantages), advantages)
 
 
 class FixedKLController:

@@ -68,6 +68,40 @@ def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dt
     return model
 
 
+_DROPOUT_SUFFIXES = ("dropout", "_pdrop", "dropout_rate", "dropout_prob")
+
+
+def _zero_dropout_floats(obj) -> None:
+    for name, value in vars(obj).items():
+        if isinstance(value, float) and name.endswith(_DROPOUT_SUFFIXES):
+            setattr(obj, name, 0.0)
+
+
+def disable_dropout(model) -> None:
+    """Switch dropout off in ``model`` even in training mode, so a training forward gives the same
+    log-probs as an eval one (DPO/KTO compare the policy in training mode with a reference in eval
+    mode: dropout noise there is bias, not regularisation).
+
+    Zeroes three things: ``p`` of every ``nn.Dropout`` (as TRL's ``disable_dropout_in_model`` does);
+    float module attributes named like dropout rates, because attention copies the rate out of the
+    config at construction and passes it to the attention function only while training (Llama and
+    Qwen2's ``self.attention_dropout``, which no ``nn.Dropout`` holds); and the same fields of the
+    config and its sub-configs, which some models read at forward time (GPT-Neo, Persimmon). A
+    checkpoint saved afterwards therefore records the zero rates in its config.
+    """
+    model = getattr(model, "module", model)  # a DDP wrapper
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        _zero_dropout_floats(module)
+    configs = [getattr(model, "config", None)]
+    while configs:
+        config = configs.pop()
+        if isinstance(config, transformers.PreTrainedConfig):
+            _zero_dropout_floats(config)
+            configs += [v for v in vars(config).values() if isinstance(v, transformers.PreTrainedConfig)]
+
+
 def is_encoder_decoder(model) -> bool:
     """Whether a model (or a ``tiny:`` name, hub name or directory) is encoder-decoder, like T5."""
     if not isinstance(model, str):

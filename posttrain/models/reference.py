@@ -1,4 +1,5 @@
-"""Reference models for KL-regularised objectives (DPO now; PPO/GRPO next).
+"""Reference models for KL-regularised objectives: the one place that chooses and runs them, for DPO/KTO
+(``resolve_strategy``) and for the online trainers (``online_reference`` -> :class:`Reference`).
 
 Strategies:
 - ``copy``: a frozen deep copy of the starting policy (two copies of the weights in memory);
@@ -20,10 +21,17 @@ import os
 import torch
 
 STRATEGIES = ("copy", "adapter", "precomputed", "none")
+ONLINE_STRATEGIES = ("auto", "copy", "adapter", "none")
 
 
 def is_peft_model(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def peft_trunk(model):
+    """The LoRA model whose adapter can be switched off (a value-head wrapper's trunk, or the model), or None."""
+    trunk = getattr(model, "pretrained_model", model)
+    return trunk if is_peft_model(trunk) else None
 
 
 def resolve_strategy(requested: str | None, model, reference_free: bool) -> str:
@@ -54,6 +62,50 @@ def adapter_disabled(model):
     """Run the LoRA policy as its own reference: the base weights with the adapter switched off."""
     with model.disable_adapter():
         yield model
+
+
+class Reference:
+    """The reference policy of an online trainer's KL term, run on rollouts: a frozen model
+    (``strategy="copy"``: a copy of the starting policy, or the ``ref_model`` the user gave) or the
+    LoRA policy with its adapter switched off (``strategy="adapter"``: no second copy of the weights)."""
+
+    def __init__(self, strategy: str, model=None):
+        self.strategy, self.model = strategy, model
+
+    def to(self, device) -> "Reference":
+        if self.model is not None:
+            self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def completion_logps(self, policy, rollout, temperature: float) -> torch.Tensor:
+        """``[B, C]`` log-probs of each completion token under the reference (0 on padding)."""
+        from ..losses.logprobs import forward_completion
+
+        if self.strategy == "adapter":
+            trunk = peft_trunk(policy)
+            with adapter_disabled(trunk):
+                return forward_completion(trunk, rollout, temperature)[0]
+        return forward_completion(self.model, rollout, temperature)[0]
+
+
+def online_reference(requested: str, policy, ref_model=None, needed: bool = True) -> Reference | None:
+    """The reference of an online trainer: None when the method uses no KL term (``needed`` False) or
+    ``requested == "none"``; the given ``ref_model``; ``adapter`` for a LoRA policy under ``auto``;
+    else a frozen copy of the policy (its trunk, for a value-head wrapper)."""
+    if requested not in ONLINE_STRATEGIES:
+        raise ValueError(f"Unknown reference {requested!r}; use one of {', '.join(ONLINE_STRATEGIES)}.")
+    if not needed or requested == "none":
+        return None
+    if ref_model is not None:
+        return Reference("copy", ref_model.eval().requires_grad_(False))
+    lora = peft_trunk(policy) is not None
+    if requested == "adapter" and not lora:
+        raise ValueError("reference='adapter' needs a LoRA policy: pass peft_config (CLI: --use_peft true) or "
+                         "choose reference='copy'.")
+    if requested == "adapter" or (requested == "auto" and lora):
+        return Reference("adapter")
+    return Reference("copy", frozen_copy(getattr(policy, "pretrained_model", policy)))
 
 
 def fingerprint(model, tokenizer, rows: dict[str, list], settings: dict) -> str:

@@ -1,14 +1,21 @@
 """Reward functions for online RL (PPO, GRPO, RLOO): the contract, a weighted set of them, and specs.
 
-A reward function is ``fn(prompts, completions, **columns) -> list[float | None]``:
+A reward function is called with keywords only, as TRL's ``GRPOTrainer`` calls it::
+
+    fn(prompts=..., completions=..., completion_ids=..., trainer_state=..., **columns) -> list[float | None]
 
 - ``prompts``: the dataset's prompt values (a string, or a list of chat messages);
-- ``completions``: the decoded completion texts;
-- ``columns``: ``completion_ids`` (list of token-id lists) and every other dataset column as a list
-  (e.g. ``answer``). Functions must accept ``**kwargs`` they do not use.
+- ``completions``: one per prompt: the decoded text, or, when the prompt is a message list, the
+  completion as messages ``[{"role": "assistant", "content": text}]`` (TRL's conversational format;
+  :func:`completion_text` gives the text of either);
+- ``completion_ids``: the completion token ids (a list of int lists), when the caller has them;
+- ``trainer_state``: the ``transformers.TrainerState`` of the run (e.g. ``global_step``), passed as is,
+  when the caller has one;
+- ``columns``: every other dataset column, as a list with one value per completion (e.g. ``answer``).
 
-``None`` means "this function does not apply to that sample". Its readable name (``__name__``, or
-the class name) is what logs and error messages show.
+So ``def f(completions, **kwargs)`` and ``def f(completions, prompts, answer, **kwargs)`` both work;
+functions must accept ``**kwargs`` they do not use. ``None`` means "this function does not apply to
+that sample". Its readable name (``__name__``, or the class name) is what logs and error messages show.
 """
 
 from __future__ import annotations
@@ -30,6 +37,30 @@ class RewardError(RuntimeError):
 def reward_name(fn) -> str:
     """The readable name of a reward function (``__name__``, else its class name)."""
     return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def completion_text(completion) -> str:
+    """The text of one completion: the string itself, or for a message list (TRL's conversational
+    format) the content of its last assistant message (text parts joined; "" for a message with no
+    content, e.g. only tool calls)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if not isinstance(completion, (list, tuple)) or not all(isinstance(m, dict) for m in completion):
+        raise TypeError(f"A completion must be a string or a list of chat messages (dicts with 'role' and "
+                        f"'content'), got {_short(completion)}.")
+    for message in reversed(completion):
+        if message.get("role") == "assistant":
+            content = message.get("content")
+            if content is None:
+                return ""
+            if isinstance(content, str):
+                return content
+            # multimodal-style content: [{"type": "text", "text": ...}, ...]
+            return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    raise ValueError(f"The completion {_short(completion)} has no assistant message; a conversational completion "
+                     'is a list of messages such as [{"role": "assistant", "content": text}].')
 
 
 def _short(value, limit: int = 60) -> str:
@@ -66,16 +97,17 @@ class RewardSet:
     """Several reward functions with weights: ``RewardSet([fn_a, fn_b], weights=[1.0, 0.5])``.
 
     ``funcs`` may be callables or spec strings (see :func:`resolve_reward`); a single one is allowed.
-    Calling the set returns a :class:`RewardResult`; each function's output is checked (length,
-    numbers, finite), and a function that raises is re-run sample by sample so the error names the
-    sample that fails.
+    Calling the set (``reward_set(prompts, completions, completion_ids=..., trainer_state=...,
+    precomputed=..., **columns)``) calls each function with keywords and returns a
+    :class:`RewardResult`; each function's output is checked (length, numbers, finite), and a
+    function that raises is re-run sample by sample so the error names the sample that fails.
     """
 
-    def __init__(self, funcs, weights=None, names=None):
+    def __init__(self, funcs, weights=None, names=None, allow_empty: bool = False):
         if callable(funcs) or isinstance(funcs, str):
             funcs = [funcs]
         funcs = [resolve_reward(f) for f in funcs]
-        if not funcs:
+        if not funcs and not allow_empty:  # empty: only rewards a rollout source computed (``precomputed``)
             raise ValueError("RewardSet needs at least one reward function.")
         if weights is None:
             weights = [1.0] * len(funcs)
@@ -102,17 +134,44 @@ class RewardSet:
         parts = ", ".join(f"{n}*{w:g}" for n, w in zip(self.names, self.weights))
         return f"RewardSet({parts})"
 
-    def __call__(self, prompts, completions, **columns) -> RewardResult:
+    def __call__(self, prompts, completions, *, completion_ids=None, trainer_state=None, precomputed=None,
+                 **columns) -> RewardResult:
+        """Score a batch: each function is called with keywords (see the module docstring):
+        ``fn(prompts=prompts, completions=completions, completion_ids=completion_ids (when given),
+        trainer_state=trainer_state (when given), **columns)``.
+
+        ``precomputed``: optional ``{name: [float | None, ...]}``, rewards a rollout source (e.g. a tool
+        environment) computed for its own episodes; each is checked like a function's output and adds
+        to the sum with weight 1, logged in ``per_function`` under its name (``env/<name>`` if a
+        function already has that name)."""
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(f"Got {len(prompts)} prompts for {n} completions; give one prompt per completion.")
-        for key, values in columns.items():
+        kwargs = {"prompts": prompts, "completions": completions}
+        if completion_ids is not None:
+            kwargs["completion_ids"] = completion_ids
+        kwargs.update(columns)
+        for key, values in kwargs.items():
             if len(values) != n:
                 raise ValueError(f"Column {key!r} has {len(values)} values for {n} completions.")
+        if trainer_state is not None:  # not per sample: passed as is, never sliced
+            kwargs["trainer_state"] = trainer_state
+        sources = [(self._run(fn, name, kwargs, n), weight, name)
+                   for fn, weight, name in zip(self.funcs, self.weights, self.names)]
+        if precomputed is not None:
+            if not hasattr(precomputed, "items"):
+                raise ValueError(f"precomputed must be a dict of reward name -> list of floats, "
+                                 f"got {type(precomputed).__name__}.")
+            taken = set(self.names)
+            for key, out in precomputed.items():
+                name = f"env/{key}" if key in taken else str(key)
+                if name in taken:
+                    raise ValueError(f"Precomputed reward {key!r} clashes with reward {name!r}; rename it.")
+                taken.add(name)
+                sources.append((_check_values(f"Precomputed reward {key!r}", out, completions), 1.0, name))
         total, present = torch.zeros(n, dtype=torch.float32), torch.zeros(n, dtype=torch.bool)
         per_function = {}
-        for fn, weight, name in zip(self.funcs, self.weights, self.names):
-            values = self._run(fn, name, prompts, completions, columns)
+        for values, weight, name in sources:
             tensor = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
             per_function[name] = tensor
             mask = ~tensor.isnan()
@@ -122,44 +181,52 @@ class RewardSet:
         return RewardResult(total, present, per_function, int((~present).sum()))
 
     @staticmethod
-    def _run(fn, name, prompts, completions, columns) -> list[float | None]:
-        n = len(completions)
+    def _run(fn, name, kwargs, n) -> list[float | None]:
         try:
-            out = fn(prompts, completions, **columns)
+            out = fn(**kwargs)
         except Exception as err:
-            _raise_for_sample(fn, name, prompts, completions, columns, err)
-        if torch.is_tensor(out):
-            out = out.tolist()
-        if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
-            raise RewardError(f"Reward function {name!r} returned {type(out).__name__}, not a list of floats "
-                              f"(one per completion; None where it does not apply).")
-        if len(out) != n:
-            raise RewardError(f"Reward function {name!r} returned {len(out)} values for {n} completions; "
-                              "it must return exactly one value (or None) per completion.")
-        values = []
-        for i, v in enumerate(out):
-            if torch.is_tensor(v) and v.numel() == 1:
-                v = v.item()
-            if v is not None and not isinstance(v, numbers.Real):
-                raise RewardError(f"Reward function {name!r} returned {_short(v)} (a {type(v).__name__}) for "
-                                  f"sample {i}; return a float, or None where it does not apply.")
-            if v is not None and not math.isfinite(float(v)):
-                raise RewardError(f"Reward function {name!r} returned {v} for sample {i} (completion "
-                                  f"{_short(completions[i])}); rewards must be finite. Return None to skip a sample.")
-            values.append(None if v is None else float(v))
-        return values
+            _raise_for_sample(fn, name, kwargs, n, err)
+        return _check_values(f"Reward function {name!r}", out, kwargs["completions"])
 
 
-def _raise_for_sample(fn, name, prompts, completions, columns, err):
-    """Re-run ``fn`` one sample at a time to find which one fails, then raise a RewardError about it."""
-    for i in range(len(completions)):
+def _check_values(who, out, completions) -> list[float | None]:
+    """``out`` as a list of float | None, one per completion, or a RewardError naming ``who``."""
+    n = len(completions)
+    if torch.is_tensor(out):
+        out = out.tolist()
+    if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+        raise RewardError(f"{who} returned {type(out).__name__}, not a list of floats "
+                          f"(one per completion; None where it does not apply).")
+    if len(out) != n:
+        raise RewardError(f"{who} returned {len(out)} values for {n} completions; "
+                          "it must return exactly one value (or None) per completion.")
+    values = []
+    for i, v in enumerate(out):
+        if torch.is_tensor(v) and v.numel() == 1:
+            v = v.item()
+        if v is not None and not isinstance(v, numbers.Real):
+            raise RewardError(f"{who} returned {_short(v)} (a {type(v).__name__}) for "
+                              f"sample {i}; return a float, or None where it does not apply.")
+        if v is not None and not math.isfinite(float(v)):
+            raise RewardError(f"{who} returned {v} for sample {i} (completion "
+                              f"{_short(completions[i])}); rewards must be finite. Return None to skip a sample.")
+        values.append(None if v is None else float(v))
+    return values
+
+
+def _raise_for_sample(fn, name, kwargs, n, err):
+    """Re-run ``fn`` one sample at a time (every per-sample keyword sliced to that sample,
+    ``trainer_state`` passed unchanged) to find which one fails, then raise a RewardError about it."""
+    prompts, completions = kwargs["prompts"], kwargs["completions"]
+    for i in range(n):
+        sample = {k: (v if k == "trainer_state" else [v[i]]) for k, v in kwargs.items()}
         try:
-            fn([prompts[i]], [completions[i]], **{k: [v[i]] for k, v in columns.items()})
+            fn(**sample)
         except Exception as sample_err:
             raise RewardError(
                 f"Reward function {name!r} raised on sample {i} (prompt={_short(prompts[i])}, completion="
                 f"{_short(completions[i])}): {type(sample_err).__name__}: {sample_err}") from err
-    raise RewardError(f"Reward function {name!r} raised on the batch of {len(completions)} samples but on no single "
+    raise RewardError(f"Reward function {name!r} raised on the batch of {n} samples but on no single "
                       f"sample alone: {type(err).__name__}: {err}") from err
 
 

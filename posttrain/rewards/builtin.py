@@ -1,12 +1,16 @@
 """Built-in reward functions: sentiment (VADER), length, regex, arithmetic.
 
-Each follows the contract in :mod:`posttrain.rewards.base`: ``fn(prompts, completions, **columns)``
-returns one float (or None) per completion.
+Each follows the contract in :mod:`posttrain.rewards.base`: called with keywords
+(``fn(prompts=..., completions=..., completion_ids=..., **columns)``, TRL-style), it returns one
+float (or None) per completion. Completions may be plain strings or TRL's conversational message
+lists (``[{"role": "assistant", "content": text}]``); the text scored is :func:`completion_text`'s.
 """
 
 from __future__ import annotations
 
 import re
+
+from .base import completion_text
 
 _ANALYZER = None  # VADER's analyzer loads a lexicon from disk: build it once, on first use
 
@@ -26,7 +30,7 @@ def _analyzer():
 def sentiment(prompts, completions, **kwargs) -> list[float]:
     """VADER compound sentiment of each completion, in [-1, 1] (positive text scores > 0)."""
     analyzer = _analyzer()
-    return [float(analyzer.polarity_scores(text)["compound"]) for text in completions]
+    return [float(analyzer.polarity_scores(completion_text(c))["compound"]) for c in completions]
 
 
 class length:
@@ -66,7 +70,7 @@ class regex:
         return f"regex({self.pattern.pattern!r})"
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        return [1.0 if self.pattern.search(text) else 0.0 for text in completions]
+        return [1.0 if self.pattern.search(completion_text(c)) else 0.0 for c in completions]
 
 
 _INTEGER = re.compile(r"-?\d+")
@@ -87,14 +91,16 @@ def arithmetic(prompts, completions, answer=None, **kwargs) -> list[float | None
     """Exact match: 1.0 if the first integer in the completion (a leading '-' counts) equals the
     ``answer`` column (an int or a string), else 0.0; a completion without a number scores 0.
     Samples whose answer is None get None (the function does not apply)."""
-    return _first_integer_matches(completions, answer, "arithmetic")
+    return _first_integer_matches([completion_text(c) for c in completions], answer, "arithmetic")
 
 
 def final_answer(prompts, completions, answer=None, **kwargs) -> list[float | None]:
     """``arithmetic`` on the model's own answer after its last tool result (the text after the last
     ``</result>``; the whole completion when it called no tool), so copying the tool's output into the
-    call does not count: the answer must follow the result."""
-    answers = [c[c.rfind("</result>") + len("</result>"):] if "</result>" in c else c for c in completions]
+    call does not count: the answer must follow the result. For a message-list completion that is
+    the last assistant message (tool results are their own messages before it)."""
+    texts = [completion_text(c) for c in completions]
+    answers = [t[t.rfind("</result>") + len("</result>"):] if "</result>" in t else t for t in texts]
     return _first_integer_matches(answers, answer, "final_answer")
 
 

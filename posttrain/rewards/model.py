@@ -3,8 +3,11 @@
 The text is tokenized exactly as :class:`~posttrain.trainers.reward.RewardTrainer` tokenized a
 chosen/rejected answer: plain-text prompts are the prompt then ``completion + eos`` (each tokenized
 on its own, special tokens only before the prompt); conversational prompts (message lists) go
-through the chat template with the completion as the assistant turn. The reward model's own
-tokenizer is used, so it need not share the policy's vocabulary.
+through the chat template with the completion as the assistant turn. Completions may be text or
+TRL's conversational message lists (kept as messages for a conversational prompt; for a plain-text
+prompt their text, :func:`~posttrain.rewards.base.completion_text`, is used). Called with keywords
+like any reward function (``scorer(prompts=..., completions=..., **columns)``). The reward model's
+own tokenizer is used, so it need not share the policy's vocabulary.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from ..data.tokenize import check_tokenizer, fit_prompt_and_answers, render_segments, tokenize_segments
 from ..models.loading import load_model, load_tokenizer
 from ..rollout.batch import pad_with_attention
+from .base import completion_text
 
 
 class RewardModelScorer:
@@ -60,6 +64,8 @@ class RewardModelScorer:
         conversational = isinstance(prompt, list)
         if conversational and not isinstance(completion, list):
             completion = [{"role": "assistant", "content": completion}]
+        elif not conversational and not isinstance(completion, str):
+            completion = completion_text(completion)  # a message-list completion of a plain-text prompt
         row = {"prompt": prompt, "completion": completion}
         segments = render_segments(self.tokenizer, "prompt_completion", conversational, row, index)
         prompt_ids, _ = tokenize_segments(self.tokenizer, [s for s in segments if not s[1]], not conversational)

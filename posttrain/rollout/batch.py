@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..data.collate import pad
-from ..models.loading import is_encoder_decoder
-from ..losses.logprobs import selective_log_softmax
+from ..losses.logprobs import forward_completion, model_inputs  # noqa: F401  (re-exported for the rollout sources)
 
 
 @dataclass
@@ -63,51 +62,3 @@ def pad_with_attention(sequences: list[list[int]], pad_id: int, side: str = "rig
     ids = pad(sequences, pad_id, side)
     attention = pad([[1] * len(s) for s in sequences], 0, side)
     return ids.to(device), attention.to(device)
-
-
-def model_inputs(model, rollout: Rollout) -> dict:
-    """Forward inputs whose outputs at the returned positions predict each completion token."""
-    if is_encoder_decoder(model):
-        config = getattr(model, "module", model).config
-        start = torch.full_like(rollout.completion_ids[:, :1], config.decoder_start_token_id)
-        decoder_ids = torch.cat([start, rollout.completion_ids[:, :-1]], dim=1)
-        decoder_attention = torch.cat([torch.ones_like(start), rollout.completion_attention[:, :-1]], dim=1)
-        return {"input_ids": rollout.prompt_ids, "attention_mask": rollout.prompt_attention,
-                "decoder_input_ids": decoder_ids, "decoder_attention_mask": decoder_attention}
-    attention = torch.cat([rollout.prompt_attention, rollout.completion_attention], dim=1)
-    position_ids = (attention.cumsum(1) - 1).clamp(min=0)
-    return {"input_ids": torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1),
-            "attention_mask": attention, "position_ids": position_ids}
-
-
-def _values(out):
-    """A value head's per-token values from a model output (None for a plain language model).
-    (``ModelOutput`` is a dict, so ``out.values`` would be the dict method.)"""
-    if isinstance(out, dict):
-        return out.get("value", out.get("values"))
-    return getattr(out, "value", getattr(out, "values", None))
-
-
-def forward_completion(model, rollout: Rollout, temperature: float = 1.0, with_values: bool = False):
-    """``(logps, values)`` of each completion token, ``[B, C]`` each (values None without a value head).
-
-    Log-probs are those of the sampling distribution (logits / temperature), in float32. A causal
-    model runs its output layer only over the completion (``logits_to_keep``); values come from the
-    same forward pass when the model has a value head.
-    """
-    inputs = model_inputs(model, rollout)
-    width = rollout.completion_ids.shape[1]
-    if is_encoder_decoder(model):
-        out = model(**inputs, use_cache=False)
-        logits, values = out.logits, _values(out)
-    else:
-        out = model(**inputs, logits_to_keep=width + 1, use_cache=False)
-        logits, values = out.logits[:, :-1], _values(out)
-        values = None if values is None else values[:, -width - 1:-1]
-    if temperature != 1.0:
-        logits = logits / temperature
-    logps = selective_log_softmax(logits, rollout.completion_ids) * rollout.completion_attention
-    if with_values and values is None:
-        raise ValueError("This trainer needs a value head on the policy: wrap it with "
-                         "AutoModelForCausalLMWithValueHead (or the seq2seq one).")
-    return logps, (values.float() if with_values else None)

@@ -1,9 +1,10 @@
 """TextEnvironment: multi-turn rollouts in which the model calls tools mid-generation.
 
 An episode: the model generates until it writes a tool call, the tool runs, its output is appended
-as tokens, and generation continues -- until the model ends its answer (eos), the turn limit, or the
-token budget. Many episodes run as one batch, turn by turn. The environment is a rollout source:
-PPO, GRPO and RLOO take it in place of plain sampling (``rollout_source=env``, CLI ``--env``).
+as tokens, and generation continues -- until a turn ends without a call (eos, a stop string, or the
+sampling's ``max_new_tokens`` per turn), the turn limit, or the token budget. Many episodes run as
+one batch, turn by turn. The environment is a rollout source: PPO, GRPO, RLOO and ReST take it in
+place of plain sampling (``rollout_source=env``, CLI ``--env``).
 
 Call syntax (plain-text prompts)::
 
@@ -13,23 +14,32 @@ The model writes ``<call>NAME(ARGUMENT)</call>``; everything between the parenth
 the tool as one string; the environment appends ``<result>OUTPUT</result>``. Conversational prompts
 (message lists) use the tokenizer's own tool-calling chat template when it has one: tools are
 rendered by the template (``tools=``), the model writes ``<tool_call>{"name": ..., "arguments":
-{...}}</tool_call>`` (the Hermes/Qwen convention), and the result is rendered as a ``tool`` message.
+{...}}</tool_call>`` (the Hermes/Qwen convention), and the result is rendered as a ``tool`` message;
+with a template that cannot render tools they use the plain syntax, the header as a system message.
 
 Token-in/token-out: generated tokens are kept as generated and inserted text is tokenized once, on
-its own; nothing is decoded and re-encoded. Each turn re-runs generation over the episode so far
-(the KV cache is not kept across turns): simple and exact, at the cost of recomputing the prefix. The completion mask is 1 only on generated tokens, so
-tool output (and template text around it) carries no policy loss. A tool that raises, gets a
-malformed call or an unknown name returns an error text to the model; the rollout goes on.
+its own; nothing already in the episode is decoded and re-encoded (generated text is decoded only to
+find the call). Each turn re-runs generation over the episode so far (the KV cache is not kept across
+turns): simple and exact, at the cost of recomputing the prefix. The completion mask is 1 only on
+generated tokens, so tool output (and template text around it) carries no policy loss. A tool that
+raises, gets a malformed call or an unknown name returns an error text to the model; the rollout goes on.
+
+Prompts longer than the trainer's ``max_prompt_length`` (given to :meth:`TextEnvironment.bind`) keep
+their last tokens -- the header or tool listing comes first, so it is what gets cut -- and the
+rollout's ``truncated_prompts`` counts them. ``reward_funcs`` score finished episodes inside the
+environment (e.g. from how many tool calls an episode made); their values land in ``rollout.rewards``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import torch
 
+from ..rewards.base import RewardSet
 from .batch import Rollout, forward_completion, pad_with_attention
 from .sampling import HFGenerate, SamplingConfig, completion_length
 
@@ -54,22 +64,42 @@ class TextEnvironment:
     """Tools plus the rules of an episode. ``tools``: callables (``tool(argument: str) -> str``) or a
     dict name -> callable. ``max_turns``: tool calls per episode at most; ``max_tokens``: the
     completion's total length (generated + inserted); ``max_tool_output_tokens``: longer tool output is
-    cut. ``header``: text put before each plain-text prompt (default: the tool list; "" for none)."""
+    cut (to its first ``max_tool_output_tokens`` tokens, then " [truncated]"). ``header``: text put before
+    each plain-text prompt, or as a system message before message prompts whose chat template cannot
+    render tools (default: the tool list; "" for none).
+
+    ``reward_funcs``: a reward function or a list of them (callables, or specs as trainers take them)
+    that score each finished episode. Each is called with keywords, like TRL's reward functions::
+
+        fn(prompts=..., completions=[...], completion_ids=[...], tool_calls=[...], tool_errors=[...], **columns)
+
+    ``completions``: each episode's decoded completion, tool output included (special tokens skipped);
+    ``tool_calls``: how many tools ran in each episode; ``tool_errors``: how many of their outputs start
+    with "Error"; ``columns``: the dataset's other columns. It returns one float (or None where it does
+    not apply) per episode; the values are in ``rollout.rewards[name]`` (name: ``__name__``, else the
+    class name)."""
 
     def __init__(self, tools, max_turns: int = 3, max_tokens: int = 128, max_tool_output_tokens: int = 32,
-                 header: str | None = None):
+                 header: str | None = None, reward_funcs=None):
         tools = tools if isinstance(tools, dict) else {tool_name(t): t for t in tools}
         if not tools:
             raise ValueError("TextEnvironment needs at least one tool.")
         self.tools, self.max_turns, self.max_tokens = tools, max_turns, max_tokens
         self.max_tool_output_tokens = max_tool_output_tokens
         self.header = describe_tools(tools) if header is None else header
+        # names, checks and error reports as for a trainer's rewards (weights are the trainer's business)
+        self.reward_funcs = None if reward_funcs is None else RewardSet(reward_funcs)
         self.tokenizer, self.sampling, self.backend = None, None, HFGenerate()
+        self.max_prompt_length = None
 
     # ---- wiring into a trainer --------------------------------------------------------------------
-    def bind(self, tokenizer, sampling: SamplingConfig) -> "TextEnvironment":
-        """Called by the trainer: its tokenizer and sampling settings (per turn, the budget applies)."""
-        self.tokenizer, self.sampling = tokenizer, sampling
+    def bind(self, tokenizer, sampling: SamplingConfig, max_prompt_length: int | None = None) -> "TextEnvironment":
+        """Called by the trainer: its tokenizer and sampling settings (per turn, the budget applies), and
+        ``max_prompt_length``: longer starting prompts keep their last tokens (None: no limit)."""
+        if max_prompt_length is not None and (isinstance(max_prompt_length, bool) or
+                                              not isinstance(max_prompt_length, int) or max_prompt_length < 1):
+            raise ValueError(f"max_prompt_length must be a positive int or None, got {max_prompt_length!r}.")
+        self.tokenizer, self.sampling, self.max_prompt_length = tokenizer, sampling, max_prompt_length
         return self
 
     def uses_chat_template(self, prompt) -> bool:
@@ -146,6 +176,11 @@ class TextEnvironment:
         prompts = list(prompts or [None] * len(prompt_ids))
         chat = [self.uses_chat_template(p) for p in prompts]
         starts = [self.prompt_ids(p) if p is not None else list(ids) for p, ids in zip(prompts, prompt_ids)]
+        limit = self.max_prompt_length
+        truncated = sum(limit is not None and len(s) > limit for s in starts)
+        if truncated:  # keep each prompt's end, as tokenize_prompt does
+            starts = [s[-limit:] for s in starts]
+        tool_calls, tool_errors = [0] * len(starts), [0] * len(starts)
         ids = [[] for _ in starts]  # completion ids per episode
         mask = [[] for _ in starts]  # 1 on generated tokens
         active = list(range(len(starts)))
@@ -178,7 +213,10 @@ class TextEnvironment:
                     called = text.rstrip().endswith("</call>") or text.rstrip().endswith("</tool_call>")
                     if ended or not called or turn == self.max_turns or len(ids[i]) >= self.max_tokens:
                         continue
-                    inserted = self.result_ids(self.run_tool(text, chat[i]), chat[i], prompts[i] if chat[i] else None)
+                    output = self.run_tool(text, chat[i])
+                    tool_calls[i] += 1
+                    tool_errors[i] += output.startswith("Error")
+                    inserted = self.result_ids(output, chat[i], prompts[i] if chat[i] else None)
                     inserted = inserted[: max(0, self.max_tokens - len(ids[i]))]
                     ids[i] += inserted
                     mask[i] += [0] * len(inserted)
@@ -188,12 +226,29 @@ class TextEnvironment:
             completions, completion_attention = pad_with_attention(ids, self.tokenizer.pad_token_id, device=device)
             completion_mask, _ = pad_with_attention(mask, 0, device=device)
             rollout = Rollout(prompt_batch, prompt_attention, completions, completion_attention, completion_mask,
-                              prompts=prompts, columns=dict(columns or {}))
+                              prompts=prompts, columns=dict(columns or {}), truncated_prompts=truncated)
             if with_logprobs:
                 rollout.logprobs, _ = forward_completion(model, rollout, self.sampling.temperature or 1.0)
         finally:
             model.train(was_training)
+        rollout.rewards = self.score_episodes(prompts, ids, tool_calls, tool_errors, rollout.columns)
         return rollout
+
+    def score_episodes(self, prompts: list, completion_ids: list[list[int]], tool_calls: list[int],
+                       tool_errors: list[int], columns: dict) -> dict:
+        """``reward_funcs``' values for finished episodes: name -> one float (float32 precision, as the
+        trainer sums them) or None per episode."""
+        if self.reward_funcs is None:
+            return {}
+        extra = {"completion_ids": completion_ids, "tool_calls": tool_calls, "tool_errors": tool_errors}
+        clash = sorted(set(columns) & {"prompts", "completions", *extra})
+        if clash:
+            raise ValueError(f"Dataset column(s) {clash} clash with what TextEnvironment passes to its reward "
+                             "functions; rename the column(s).")
+        completions = self.tokenizer.batch_decode(completion_ids)  # PLANTED
+        result = self.reward_funcs(prompts, completions, **extra, **columns)  # checked, called by keyword
+        return {name: [None if math.isnan(v) else v for v in values.tolist()]
+                for name, values in result.per_function.items()}
 
 
 def calculator_environment(max_turns: int = 2, max_tokens: int = 48, header: str = "") -> TextEnvironment:

@@ -16,7 +16,8 @@ import torch
 import transformers
 
 from ..models.loading import is_encoder_decoder
-from .batch import Rollout, forward_completion, pad_with_attention
+from ..losses.logprobs import forward_completion
+from .batch import Rollout, pad_with_attention
 
 
 @dataclass
@@ -25,15 +26,18 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
+    min_p: float | None = None  # None = off
     stop_strings: tuple[str, ...] = ()
     min_new_tokens: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if (self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0
+                or (self.min_p is not None and not 0 <= self.min_p <= 1)):
             raise ValueError(f"Invalid sampling settings: temperature={self.temperature} (>= 0), "
-                             f"top_p={self.top_p} (in (0, 1]), top_k={self.top_k} (>= 0).")
+                             f"top_p={self.top_p} (in (0, 1]), top_k={self.top_k} (>= 0), "
+                             f"min_p={self.min_p} (in [0, 1] or None).")
         self.stop_strings = tuple(s for s in self.stop_strings if s)
 
 
@@ -54,6 +58,7 @@ class HFGenerate:
             max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.min_new_tokens or None,
             do_sample=not greedy, temperature=None if greedy else sampling.temperature,
             top_k=None if greedy else sampling.top_k, top_p=None if greedy else sampling.top_p,
+            min_p=None if greedy else sampling.min_p,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
             stop_strings=list(sampling.stop_strings) or None, use_cache=True)

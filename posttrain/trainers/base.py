@@ -14,10 +14,10 @@ import torch
 import transformers
 
 from .. import __version__
-from ..card import write_model_card
+from ..card import final_metrics, write_model_card
 from ..data.formats import load_rows, validate
-from ..data.tokenize import check_tokenizer
-from ..models.loading import load_model, load_tokenizer
+from ..data.tokenize import TOKENIZATION_VERSION, check_tokenizer
+from ..models.loading import disable_dropout, load_model, load_tokenizer
 
 STAGING_DIR = ".staging"  # hidden: get_last_checkpoint only picks up checkpoint-<n> in output_dir
 
@@ -35,6 +35,8 @@ class PostTrainer(transformers.Trainer):
         self.base_model_name = model if isinstance(model, str) else model.config.name_or_path
         if isinstance(model, str):
             model = load_model(model, self.task, seed=args.seed)
+        if args.disable_dropout:  # before LoRA is added, so an adapter keeps the lora_dropout it asks for
+            disable_dropout(model)
         if processing_class is None:
             processing_class = load_tokenizer(self.base_model_name)
         if peft_config is not None:
@@ -61,8 +63,8 @@ class PostTrainer(transformers.Trainer):
         dataset, fmt = validate(load_rows(rows), self.formats, args.extra_columns,
                                 what=f"{type(self).__name__}")
         check_tokenizer(tokenizer, needs_chat_template=fmt.conversational)
-        settings = repr((__version__, self.tokenize_settings(args), tokenizer.name_or_path, len(tokenizer),
-                         getattr(tokenizer, "chat_template", None)))
+        settings = repr((__version__, TOKENIZATION_VERSION, self.tokenize_settings(args), tokenizer.name_or_path,
+                         len(tokenizer), getattr(tokenizer, "chat_template", None)))
         fingerprint = hashlib.sha256(f"{dataset._fingerprint}{settings}".encode()).hexdigest()[:16]
         return dataset.map(
             lambda row, i: self.tokenize_row(row, i, tokenizer, fmt, args), with_indices=True,
@@ -153,8 +155,5 @@ class PostTrainer(transformers.Trainer):
 
     def final_metrics(self) -> dict:
         """The most recent value of each logged metric."""
-        out = {}
-        for entry in self.state.log_history:
-            out.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
-        return out
+        return final_metrics(self.state.log_history)
 

@@ -22,6 +22,7 @@ from ..data.tokenize import tokenize_preference_row, tokenize_unpaired_row
 from ..losses.logprobs import answer_logps, shared_prefix_pair_logps
 from ..losses.preference import PAIRED_LOSSES, REFERENCE_FREE, dpo_loss, kto_loss, orpo_loss, simpo_loss
 from ..models import reference as ref
+from ..models.loading import disable_dropout
 from .base import PostTrainer
 
 LOSS_TYPES = (*PAIRED_LOSSES, "kto")
@@ -87,6 +88,8 @@ class DPOTrainer(PostTrainer):
             raise ValueError("KTO's KL term pairs prompts with other rows' completions in each shuffled batch, so "
                              "it cannot be precomputed; use reference='copy' or 'adapter'.")
         self.ref_model = None
+        if ref_model is not None and args.disable_dropout:  # like the policy (as TRL); it runs in eval mode anyway
+            disable_dropout(ref_model)
         if self.reference_strategy == "copy":
             self.ref_model = ref_model if ref_model is not None else ref.frozen_copy(self.model)
             self.ref_model.requires_grad_(False)

@@ -1,71 +1,99 @@
-"""Settings every online trainer (PPO, GRPO, RLOO) shares. A plain dataclass, not TrainingArguments:
-online training runs its own loop (generate, score, update), so only flags that loop honours exist."""
+"""Settings every online trainer (PPO, GRPO, RLOO, ReST) shares: ``transformers.TrainingArguments``
+(logging, ``report_to``, saving, evaluation, seed, precision, ``push_to_hub``) plus the sampling and
+batching settings of TRL's GRPOConfig, with TRL's names, meanings and defaults.
+
+Batching, as in TRL: ``per_device_train_batch_size`` counts *completions* per forward/backward pass;
+each generation samples ``per_device_train_batch_size x steps_per_generation`` completions per
+process (``num_generations`` of each prompt for the group methods), and an optimizer step takes
+``gradient_accumulation_steps`` such micro-batches. ``num_iterations`` passes are made over every
+generation (PPO's epochs, GRPO's mu). ``max_steps`` counts optimizer steps.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
 
 from ..rollout import SamplingConfig
 
+GENERATION_KWARGS = ("min_new_tokens", "stop_strings")  # what generation_kwargs may set besides the fields
+
 
 @dataclass
-class OnlineConfig:
-    output_dir: str = field(default="runs/online", metadata={"help": "Where checkpoints and the model go."})
-    seed: int = field(default=0, metadata={"help": "Seed for prompt order, sampling and initialisation."})
-    max_steps: int = field(default=100, metadata={
-        "help": "Number of steps; each step samples a batch of prompts, scores it and updates the policy."})
-    per_device_batch_size: int = field(default=8, metadata={
-        "help": "Prompts per step on each process (GRPO/RLOO sample num_generations completions for each)."})
-    mini_batch_size: int | None = field(default=None, metadata={
-        "help": "Episodes per optimizer step (default: the whole batch: one optimizer step per epoch)."})
-    gradient_accumulation_steps: int = field(default=1, metadata={
-        "help": "Split each mini-batch into this many forward/backward passes (same result, less memory)."})
-    num_epochs: int = field(default=1, metadata={
-        "help": "Passes over each batch of episodes (PPO epochs; GRPO's num_iterations)."})
-    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate."})
-    lr_scheduler_type: str = field(default="constant", metadata={
-        "help": "transformers scheduler name: constant, linear, cosine, constant_with_warmup, ..."})
-    warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear learning-rate warmup."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
-    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping norm (None: off)."})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (mixed precision)."})
-    max_prompt_length: int | None = field(default=256, metadata={"help": "Keep only the last N prompt tokens."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Longest completion, in tokens."})
+class OnlineConfig(TrainingArguments):
+    output_dir: str | None = field(default=None, metadata={
+        "help": "Where checkpoints, logs and the final model go (default: runs/<method>)."})
+    logging_steps: float = field(default=10, metadata={
+        "help": "Log every N optimizer steps (or this fraction of the run if < 1). TRL's default (10)."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate (TRL's GRPO default)."})
+    save_total_limit: int | None = field(default=2, metadata={
+        "help": "Keep at most this many checkpoints in output_dir (oldest deleted first)."})
+    # ---- batching -------------------------------------------------------------------------------------
+    steps_per_generation: int | None = field(default=None, metadata={
+        "help": "Micro-batches of per_device_train_batch_size completions sampled per generation "
+                "(default: gradient_accumulation_steps, i.e. one generation per optimizer step)."})
+    num_iterations: int = field(default=1, metadata={
+        "help": "Optimisation passes over each generation (GRPO's mu; PPO's epochs, TRL's num_ppo_epochs)."})
+    # ---- sampling -------------------------------------------------------------------------------------
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "Keep only the last N tokens of longer prompts (None: never truncate, as TRL). Truncated "
+                "prompts are counted in the log (truncated_prompts)."})
+    max_completion_length: int = field(default=512, metadata={"help": "Longest completion, in tokens."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0: greedy)."})
-    top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens (0: all)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: off)."})
-    min_new_tokens: int = field(default=0, metadata={
-        "help": "Shortest completion: eos is suppressed until this many tokens (0: off)."})
-    stop_strings: list[str] = field(default_factory=list, metadata={
-        "help": "Strings that end a completion (besides the eos token)."})
+    top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens (0: all)."})
+    min_p: float | None = field(default=None, metadata={
+        "help": "Drop tokens whose probability is below min_p x the likeliest token's (None: off)."})
+    generation_kwargs: dict | None = field(default=None, metadata={
+        "help": "More generation settings: min_new_tokens, stop_strings (a list of strings that end a "
+                "completion)."})
+    # ---- reference and rewards ----------------------------------------------------------------------
     reference: str = field(default="auto", metadata={
-        "help": "Reference model for the KL term: copy (a frozen copy), adapter (LoRA policy with the "
-                "adapter off), none, or auto (adapter for LoRA, else copy; none when no KL is used)."})
+        "help": "Reference model for the KL term: copy (a frozen copy of the starting policy), adapter (a LoRA "
+                "policy with its adapter off: no second copy), none, or auto (adapter for LoRA, else copy). "
+                "Not in TRL, which picks as auto does."})
+    reward_weights: list[float] | None = field(default=None, metadata={
+        "help": "A weight per reward function (default: 1 each); the reward is their weighted sum."})
     disable_dropout: bool = field(default=True, metadata={
-        "help": "Turn dropout off in the policy, so sampling-time and update-time log-probs agree."})
-    logging_steps: int = field(default=1, metadata={"help": "Log every N steps."})
-    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: only the final model)."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={
-        "help": "A checkpoint directory to continue from, or 'last' for the newest in output_dir."})
-    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
+        "help": "Turn dropout off in the policy so sampling-time and update-time log-probs agree. posttrain's "
+                "default is True; TRL's GRPO/RLOO default is False (then the importance ratio is noisy)."})
 
     def __post_init__(self):
-        if self.mini_batch_size is not None and self.mini_batch_size < 1:
-            raise ValueError(f"mini_batch_size must be >= 1, got {self.mini_batch_size}.")
-        for name in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "num_epochs"):
+        for name in ("num_iterations", "max_completion_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.steps_per_generation is not None and self.steps_per_generation < 1:
+            raise ValueError(f"steps_per_generation must be >= 1, got {self.steps_per_generation}.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be >= 1 or None (no truncation), got {self.max_prompt_length}.")
+        if getattr(self, "beta", 0) < 0 or not math.isfinite(getattr(self, "beta", 0)):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta}.")
+        unknown = sorted(set(self.generation_kwargs or {}) - set(GENERATION_KWARGS))
+        if unknown:
+            raise ValueError(f"generation_kwargs {unknown} are not supported; valid keys: {GENERATION_KWARGS}.")
+        if self.output_dir is None:
+            self.output_dir = f"runs/{type(self).__name__.removesuffix('Config').lower()}"
+        super().__post_init__()
+        if self.steps_per_generation is None:
+            self.steps_per_generation = self.gradient_accumulation_steps
+        if self.steps_per_generation % self.gradient_accumulation_steps:
+            raise ValueError(f"steps_per_generation ({self.steps_per_generation}) must be a multiple of "
+                             f"gradient_accumulation_steps ({self.gradient_accumulation_steps}): a generation "
+                             "is used for whole optimizer steps.")
         self.sampling()  # validates the sampling settings
 
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, stop_strings=tuple(self.stop_strings),
-                              min_new_tokens=self.min_new_tokens)
+        extra = self.generation_kwargs or {}
+        return SamplingConfig(max_new_tokens=self.max_completion_length, temperature=self.temperature,
+                              top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                              stop_strings=tuple(extra.get("stop_strings") or ()),
+                              min_new_tokens=int(extra.get("min_new_tokens") or 0))
 
-    def episodes_per_step(self) -> int:
-        """Episodes each process samples per step (GRPO/RLOO multiply by num_generations)."""
-        return self.per_device_batch_size
+    def generation_batch_size(self) -> int:
+        """Completions each process samples per generation."""
+        return self.per_device_train_batch_size * self.steps_per_generation
+
+    def optimizer_steps_per_generation(self) -> int:
+        return self.num_iterations * self.steps_per_generation // self.gradient_accumulation_steps

@@ -1,38 +1,44 @@
 """ReST: Reinforced Self-Training (Gulcehre et al., 2023) -- grow a dataset from the policy, then fine-tune
 on its best samples with rising thresholds.
 
-Recipe: for each Grow step, sample ``samples_per_prompt`` completions per prompt from the current
-policy and score them (every sample and its reward is written to ``output_dir/grow-<g>.jsonl``);
-then for each Improve step, keep the samples whose reward reaches the step's threshold (a fixed
-value or a quantile of the grown rewards, rising step by step) and fine-tune on them with the NLL of
-the completion tokens (behaviour cloning; optionally weighted by reward), ``num_epochs`` passes.
-After every Improve step the policy's mean reward is measured on the evaluation prompts (fresh
-samples, RNG untouched) and a checkpoint is written, so a run resumes between any two steps with
-the same data and weights.
+The recipe (``train`` below, top to bottom), for each of ``grow_steps`` Grow steps:
+
+1. Grow: sample ``num_generations`` completions for every prompt from the current policy and score
+   them; every sample and its reward is written to ``output_dir/grow-<g>.jsonl``;
+2. for each of ``improve_steps`` Improve steps: keep the samples whose reward reaches the step's
+   threshold (a fixed value, or a rising quantile of the grown rewards) and fine-tune on them with
+   the NLL of the completion tokens (behaviour cloning, optionally reward-weighted), ``num_iterations``
+   passes; then measure the policy's mean reward on the evaluation prompts (fresh samples, RNG
+   untouched).
+
+A ReST step (``global_step``) is one phase, Grow or Improve: ``max_steps`` is ``grow_steps x (1 +
+improve_steps)``, every phase is logged, and ``save_steps`` counts phases, so a run resumes between
+any two phases with the same data and weights.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
 
 import torch
 
+from ..eval.policy import evaluate_policy
+from ..losses.logprobs import forward_completion
 from ..losses.rl import aggregate
-from ..rollout import Rollout, forward_completion, pad_with_attention
+from ..rollout import Rollout, pad_with_attention
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
 
 
 @dataclass
 class ReSTConfig(OnlineConfig):
-    max_steps: int = field(default=1, metadata={
-        "help": "Not set by hand for ReST: it becomes grow_steps x (1 + improve_steps), the number of phases."})
     grow_steps: int = field(default=2, metadata={"help": "Grow steps (each samples a fresh dataset from the policy)."})
     improve_steps: int = field(default=3, metadata={"help": "Improve steps per Grow step (rising thresholds)."})
-    samples_per_prompt: int = field(default=4, metadata={"help": "Completions sampled per prompt in a Grow step."})
+    num_generations: int = field(default=4, metadata={"help": "Completions sampled per prompt in a Grow step."})
     thresholds: list[float] = field(default_factory=list, metadata={
         "help": "Reward threshold of each Improve step (as many as --improve_steps); overrides the quantiles."})
     threshold_quantiles: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.9], metadata={
@@ -40,14 +46,16 @@ class ReSTConfig(OnlineConfig):
     reward_weighted: bool = field(default=False, metadata={
         "help": "Weight each kept sample's NLL by its reward divided by the kept samples' mean reward "
                 "(rewards must be >= 0); default: plain behaviour cloning."})
-    num_epochs: int = field(default=2, metadata={"help": "Passes over the kept samples per Improve step."})
-    mini_batch_size: int | None = field(default=16, metadata={"help": "Samples per optimizer step."})
+    num_iterations: int = field(default=2, metadata={"help": "Passes over the kept samples per Improve step."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    lr_scheduler_type: str = field(default="constant", metadata={
+        "help": "Learning-rate schedule over the phases (a ReST step is a phase)."})
     reference: str = field(default="none", metadata={"help": "ReST keeps no reference model."})
-    output_dir: str = field(default="runs/rest", metadata={"help": "Where grown data, checkpoints and the model go."})
 
     def __post_init__(self):
         super().__post_init__()
+        if self.max_steps > 0:
+            raise ValueError("ReST's length is grow_steps x (1 + improve_steps) phases; leave max_steps unset.")
         if self.thresholds and len(self.thresholds) != self.improve_steps:
             raise ValueError(f"--thresholds has {len(self.thresholds)} values for {self.improve_steps} improve steps.")
         if not self.thresholds and len(self.threshold_quantiles) < self.improve_steps:
@@ -58,61 +66,85 @@ class ReSTConfig(OnlineConfig):
 
 
 class ReSTTrainer(OnlineTrainer):
-    method = "rest"
-    needs_reference = False
+    """``ReSTTrainer(model, reward_funcs, args=ReSTConfig(...), train_dataset=..., eval_dataset=...)``."""
 
-    def __init__(self, model, args: ReSTConfig | None = None, eval_dataset=None, **kwargs):
+    method = "rest"
+
+    def __init__(self, model, reward_funcs=None, args: ReSTConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, callbacks=None, peft_config=None, rollout_source=None):
         args = args or ReSTConfig()
-        args.max_steps = args.grow_steps * (1 + args.improve_steps)  # phases (grow or improve): the unit of
-        # steps, logging and checkpoints (--save_steps 1 checkpoints after every phase)
-        super().__init__(model, args, **kwargs)
+        super().__init__(model, args, reward_funcs=reward_funcs, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+                         peft_config=peft_config, rollout_source=rollout_source,
+                         max_steps=args.grow_steps * (1 + args.improve_steps))
         if self.accelerator.num_processes > 1:
             raise ValueError("ReSTTrainer runs in one process (each would grow and filter its own data).")
-        self.eval_prompts = eval_dataset
 
-    def needs_sampling_logprobs(self) -> bool:
-        return False
+    def train(self, resume_from_checkpoint=None):
+        method_state = self.begin_training(resume_from_checkpoint)
+        if method_state:  # the checkpoint's grown data back into this run's directory (it may be another run's)
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            for name in method_state["grown"]:
+                shutil.copy2(os.path.join(method_state["checkpoint"], name), os.path.join(self.args.output_dir, name))
+        per_grow = 1 + self.args.improve_steps
+        while not self.training_finished():
+            g, phase = divmod(self.state.global_step, per_grow)
+            if phase == 0:  # 1. Grow
+                grown = self.grow(g)
+                scored = [s["reward"] for s in grown if s["reward"] is not None]
+                entry = {"grow": g, "improve": -1, "grow_reward": sum(scored) / max(len(scored), 1),
+                         "dropped": len(grown) - len(scored)}
+            else:  # 2. Improve on the samples above this step's threshold
+                grown = [s for s in self.load_grown(g) if s["reward"] is not None]
+                tau = self.threshold(phase - 1, [s["reward"] for s in grown])
+                kept = [s for s in grown if s["reward"] >= tau]
+                stats = self.improve(kept) if kept else {}
+                entry = {"grow": g, "improve": phase - 1, "threshold": tau, "kept": len(kept), **stats,
+                         "reward": self.mean_reward()}
+            self.lr_scheduler.step()
+            entry.update(self.drain_metrics())
+            self.step_end()
+            self.log(entry)  # every phase is logged (the table of the run)
+            if self.checkpoint_due():
+                name = os.path.basename(self._grow_path(g))
+                self.save_checkpoint({"grown": [name]}, files=[self._grow_path(g)])
+        if self.accelerator.is_main_process and not self.args.disable_tqdm:
+            print(self.table())
+        return self.end_training()
+
+    def load_checkpoint(self, path: str) -> dict:
+        state = super().load_checkpoint(path)
+        return {**state, "checkpoint": path}
 
     # ---- Grow -------------------------------------------------------------------------------------
     def grow(self, g: int) -> list[dict]:
-        """Sample and score ``samples_per_prompt`` completions for every prompt; written to disk."""
-        samples, n = [], len(self.prompts)
+        """Sample and score ``num_generations`` completions for every prompt; written to disk."""
+        samples, n, k = [], len(self.train_prompts.values), self.args.num_generations
+        per_batch = max(1, self.args.generation_batch_size() // k)
         self.model.eval()
-        for start in range(0, n, self.args.per_device_batch_size):
-            indices = list(range(start, min(start + self.args.per_device_batch_size, n)))
-            rollout = self.sample(indices, repeats=self.args.samples_per_prompt)
+        for start in range(0, n, per_batch):
+            indices = list(range(start, min(start + per_batch, n)))
+            rollout = self.sample(indices, repeats=k, with_logprobs=False)
             rewards = self.score(rollout).rewards.tolist()
             texts = self.tokenizer.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
-            for j, (index, reward) in enumerate(zip([i for i in indices for _ in range(self.args.samples_per_prompt)],
-                                                    rewards)):
+            for j, (index, reward) in enumerate(zip([i for i in indices for _ in range(k)], rewards)):
                 keep = rollout.completion_attention[j].bool()
-                samples.append({"prompt_index": index, "prompt": self.prompts[index], "completion": texts[j],
+                samples.append({"prompt_index": index, "prompt": self.train_prompts.values[index],
+                                "completion": texts[j],
                                 "prompt_ids": rollout.prompt_ids[j][rollout.prompt_attention[j].bool()].tolist(),
                                 "completion_ids": rollout.completion_ids[j][keep].tolist(),
                                 "completion_mask": rollout.completion_mask[j][keep].tolist(),
-                                "reward": None if reward != reward else reward})
+                                "reward": None if math.isnan(reward) else reward})
         self.model.train()
-        if self.accelerator.is_main_process:
-            path = self._grow_path(g)
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            with open(path + ".tmp", "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(s) + "\n" for s in samples)
-            os.replace(path + ".tmp", path)
+        path = self._grow_path(g)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(s) + "\n" for s in samples)
+        os.replace(path + ".tmp", path)
         return samples
 
     def _grow_path(self, g: int) -> str:
         return os.path.join(self.args.output_dir, f"grow-{g}.jsonl")
-
-    def checkpoint_files(self) -> list[str]:
-        g = (self.step_count - 1) // (1 + self.args.improve_steps)  # the Grow step the last phase belongs to
-        return [self._grow_path(g)] if os.path.exists(self._grow_path(g)) else []
-
-    def load_trainer_state(self, state: dict, checkpoint: str) -> None:
-        """Put the checkpoint's grown data back into this run's directory (it may be another run's)."""
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        for name in os.listdir(checkpoint):
-            if name.startswith("grow-") and name.endswith(".jsonl"):
-                shutil.copy2(os.path.join(checkpoint, name), os.path.join(self.args.output_dir, name))
 
     def load_grown(self, g: int) -> list[dict]:
         with open(self._grow_path(g), encoding="utf-8") as fh:
@@ -122,72 +154,58 @@ class ReSTTrainer(OnlineTrainer):
     def threshold(self, i: int, rewards: list[float]) -> float:
         if self.args.thresholds:
             return self.args.thresholds[i]
+        if not rewards:
+            raise ValueError("No grown sample has a reward (every reward function returned None); ReST has "
+                             "nothing to filter. Check the reward functions.")
         return torch.tensor(rewards).quantile(self.args.threshold_quantiles[i]).item()
 
     def improve(self, kept: list[dict]) -> dict:
-        """Behaviour cloning on the kept samples (token-mean NLL of their generated tokens)."""
-        device = self.accelerator.device
-        pad = self.tokenizer.pad_token_id
-        prompt_ids, prompt_attention = pad_with_attention([s["prompt_ids"] for s in kept], pad,
-                                                          "left", device)
+        """Behaviour cloning on the kept samples: ``num_iterations`` passes, token-mean NLL of their
+        generated tokens over each optimizer step's samples."""
+        device, pad = self.accelerator.device, self.tokenizer.pad_token_id
+        prompt_ids, prompt_attention = pad_with_attention([s["prompt_ids"] for s in kept], pad, "left", device)
         ids, attention = pad_with_attention([s["completion_ids"] for s in kept], pad, device=device)
         mask, _ = pad_with_attention([s["completion_mask"] for s in kept], 0, device=device)
         batch = Rollout(prompt_ids, prompt_attention, ids, attention, mask)
         rewards = torch.tensor([s["reward"] for s in kept], dtype=torch.float32, device=device)
-        if self.args.reward_weighted:
-            if (rewards < 0).any():
-                raise ValueError("reward_weighted needs rewards >= 0; shift or clip the reward, or turn it off.")
-            weights = rewards / rewards.mean().clamp(min=1e-8)
-        else:
-            weights = torch.ones_like(rewards)
-        return self.optimize(batch, self.loss, {"weights": weights})
+        if self.args.reward_weighted and (rewards < 0).any():
+            raise ValueError("reward_weighted needs rewards >= 0; shift or clip the reward, or turn it off.")
+        weights = rewards / rewards.mean().clamp(min=1e-8) if self.args.reward_weighted else torch.ones_like(rewards)
+        losses = []
+        micro = self.args.per_device_train_batch_size
+        generator = torch.Generator().manual_seed(self.args.seed * 100003 + self.state.global_step)
+        for _ in range(self.args.num_iterations):
+            order = torch.randperm(len(kept), generator=generator)
+            window = micro * self.args.gradient_accumulation_steps
+            for start in range(0, len(kept), window):
+                rows_in_window = order[start: start + window]
+                tokens = batch.completion_mask[rows_in_window].sum().clamp(min=1)
+                parts = rows_in_window.split(micro)
+                for j, rows in enumerate(parts):
+                    with self.accumulating(j == len(parts) - 1), self.accelerator.autocast():
+                        mb = batch.select(rows)
+                        logps, _ = forward_completion(self.model, mb, 1.0)
+                        nll = aggregate(-logps * weights[rows][:, None], mb.completion_mask, "dapo", num_items=tokens)
+                        self.accelerator.backward(nll)
+                    losses.append(float(nll) * len(rows))
+                self.apply_gradients(schedule=False)
+        return {"nll": sum(losses) / (len(kept) * self.args.num_iterations)}
 
-    def loss(self, mb: Rollout, extras: dict, weight: float):
-        logps, _ = forward_completion(self.model, mb, 1.0)
-        nll = aggregate(-logps * extras["weights"][:, None], mb.completion_mask, "token")
-        return nll * weight, {"nll": nll.detach()}
-
-    # ---- the loop ---------------------------------------------------------------------------------
-    def train(self, resume_from_checkpoint: str | None = None):
-        resume = resume_from_checkpoint or self.args.resume_from_checkpoint
-        if resume:
-            self.load_checkpoint(resume)
-        self.model.train()
-        per_grow = 1 + self.args.improve_steps
-        while self.step_count < self.args.max_steps:
-            g, phase = divmod(self.step_count, per_grow)
-            if phase == 0:
-                grown = self.grow(g)
-                scored = [s["reward"] for s in grown if s["reward"] is not None]
-                entry = {"grow": g, "improve": -1, "grow_reward": sum(scored) / max(len(scored), 1),
-                         "dropped": len(grown) - len(scored)}
-            else:
-                grown = [s for s in self.load_grown(g) if s["reward"] is not None]
-                tau = self.threshold(phase - 1, [s["reward"] for s in grown])
-                kept = [s for s in grown if s["reward"] >= tau]
-                stats = self.improve(kept) if kept else {}
-                entry = {"grow": g, "improve": phase - 1, "threshold": tau, "kept": len(kept), **stats}
-                if self.eval_prompts is not None or self.prompts:
-                    entry["reward"] = self.evaluate(self.eval_prompts if self.eval_prompts is not None
-                                                    else self._train_rows())["eval_reward"]
-            self.step_count += 1
-            self.log(entry)
-            if self.args.save_steps and self.step_count % self.args.save_steps == 0:
-                self.save_checkpoint()
-        if self.accelerator.is_main_process and not self.args.disable_tqdm:
-            print(self.table())
-        return self.log_history
-
-    def _train_rows(self) -> list[dict]:
-        return [{"prompt": p, **{c: v[i] for c, v in self.columns.items()}} for i, p in enumerate(self.prompts)]
+    def mean_reward(self) -> float:
+        """The policy's mean reward on the evaluation prompts (the training prompts if none were given)."""
+        prompts = self.eval_prompts or self.train_prompts
+        result = evaluate_policy(self.model, self.tokenizer, prompts.values, self.rewards, columns=prompts.columns,
+                                 sampler=self.sampler, prompt_ids=prompts.ids, seed=self.args.seed + 1,
+                                 batch_size=self.args.per_device_eval_batch_size, trainer_state=self.state)
+        return result["reward"]
 
     def table(self) -> str:
         """Reward per Grow / Improve step, as a markdown table."""
         lines = ["| grow | step | threshold | kept | mean reward |", "|---:|---|---:|---:|---:|"]
-        for e in self.log_history:
-            if e["improve"] < 0:
+        for e in self.state.log_history:
+            if e.get("improve", 0) < 0:
                 lines.append(f"| {e['grow']} | grow (samples) | | | {e['grow_reward']:.4f} |")
-            else:
+            elif "improve" in e:
                 lines.append(f"| {e['grow']} | improve {e['improve']} | {e['threshold']:.4f} | {e['kept']} | "
                              f"{e.get('reward', float('nan')):.4f} |")
         return "\n".join(lines)

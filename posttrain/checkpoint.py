@@ -1,0 +1,101 @@
+"""Checkpoints, for every trainer: written atomically, rotated, carrying RNG state, resumed exactly.
+
+A checkpoint is written by every process into ``<output_dir>/.staging/checkpoint-<step>`` and renamed
+to ``<output_dir>/checkpoint-<step>`` by the main process only after every process has finished
+writing, so a run killed mid-save never leaves a ``checkpoint-<step>`` that resume would pick up
+(``get_last_checkpoint`` ignores the hidden staging directory). The offline trainers let
+``transformers.Trainer`` write the files into the staging directory; the online trainers write
+their own (trainable weights, optimizer, scheduler, ``trainer_state.json``, RNG per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+
+STAGING_DIR = ".staging"
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX_CHECKPOINT_DIR}-{step}"
+
+
+@contextlib.contextmanager
+def atomic_checkpoint(accelerator, run_dir: str, name: str, save_total_limit: int | None = None,
+                      best_model_checkpoint: str | None = None):
+    """Yield the staging directory to write checkpoint ``name`` into; on exit, once every process has
+    written, move it to ``run_dir/name`` and keep only the newest ``save_total_limit`` checkpoints."""
+    staging = os.path.join(run_dir, STAGING_DIR, name)
+    final = os.path.join(run_dir, name)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # debris of an earlier killed save
+        os.makedirs(staging)
+    accelerator.wait_for_everyone()
+    yield staging
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(staging))  # only when empty
+        rotate_checkpoints(output_dir=run_dir, save_total_limit=save_total_limit,
+                           best_model_checkpoint=best_model_checkpoint, use_mtime=False)
+    accelerator.wait_for_everyone()
+
+
+def resolve_resume(value, output_dir: str) -> str | None:
+    """The checkpoint to resume from: a path as given; ``True``/``"last"``/``"auto"`` for the newest in
+    ``output_dir`` (None when there is none: start fresh); None/False for no resume."""
+    if value in (None, False, ""):
+        return None
+    if value is True or str(value).lower() in ("last", "auto", "true"):
+        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"resume_from_checkpoint={value!r} is not a directory; give a checkpoint-<step> "
+                                "directory, or 'last' for the newest one in output_dir.")
+    return value
+
+
+def save_rng(directory: str, process_index: int) -> None:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save(state, os.path.join(directory, f"rng_state_{process_index}.pt"))
+
+
+def load_rng(directory: str, process_index: int) -> None:
+    state = torch.load(os.path.join(directory, f"rng_state_{process_index}.pt"), weights_only=False)
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_trainable(model, directory: str) -> None:
+    """The parameters that train (all of them, or the LoRA adapter and value head) in safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, os.path.join(directory, TRAINABLE_FILE))
+
+
+def load_trainable(model, directory: str) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(os.path.join(directory, TRAINABLE_FILE))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    unexpected = sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"Checkpoint {directory} does not match this model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}): resume with the same model and LoRA settings.")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
