@@ -95,7 +95,7 @@ def policy_alone(model, tokenizer, rows, a) -> None:
                 sub = rollout.select(mb)
                 logps, _ = forward_completion(model, sub, 1.0)
                 loss, _ = clipped_policy_loss(logps, sub.logprobs, advantages[mb.to(device)],
-                                              sub.completion_mask, 0.2, "token")
+                                              sub.completion_mask, 0.2, "bnpo")
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -28,7 +28,7 @@ import transformers
 from transformers import TrainerCallback
 
 from .card import append_card_section
-from .cli import RewardArguments, run_training, summary
+from .run import RewardArguments, run_training, summary
 from .config import DataArguments, ModelArguments
 from .data import toy
 from .eval import evaluate_policy
@@ -86,7 +86,7 @@ def machine() -> str:
 
 class FrontierProbe(TrainerCallback):
     """Evaluates the model being trained every ``every`` steps: the points of its reward-vs-KL path.
-    A ``TrainerCallback`` for DPO, a plain ``fn(trainer)`` step callback for PPO. Evaluation sampling
+    A ``TrainerCallback``, for DPO and PPO alike. Evaluation sampling
     runs under its own seed and leaves the training RNG alone, so probing does not change training."""
 
     def __init__(self, demo: "Demo", every: int):
@@ -97,13 +97,9 @@ class FrontierProbe(TrainerCallback):
             result = self.demo.measure(model, tokenizer)
             self.points.append({"step": step, **{k: result[k] for k in ("rm_score", "sentiment", "kl", "length")}})
 
-    def __call__(self, trainer) -> None:  # online trainers
-        if trainer.step_count < trainer.args.max_steps:  # the final model is evaluated after saving
-            self.probe(trainer.step_count, trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer)
-
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if state.global_step < state.max_steps:
-            self.probe(state.global_step, model, processing_class)
+        if state.global_step < state.max_steps:  # the final model is evaluated after saving
+            self.probe(state.global_step, getattr(model, "module", model), processing_class)
 
 
 class Demo:
@@ -175,7 +171,7 @@ class Demo:
         trainer = run_training(command, ModelArguments(model=model),
                                DataArguments(dataset=dataset, eval_fraction=eval_fraction), config, callbacks,
                                bar_only=True)
-        history = trainer.log_history if command == "ppo" else trainer.state.log_history
+        history = trainer.state.log_history
         return trainer, history, summary(command, trainer, time.perf_counter() - start)
 
     def pretrain(self) -> dict:
@@ -201,14 +197,15 @@ class Demo:
     def ppo(self) -> dict:
         def config(kl_coef: float, out: str) -> PPOConfig:
             # Completions of at most 16 tokens: SFT continuations end after ~11, a longer budget invites run-ons.
-            # A fixed KL weight (no adaptive target). Warm-up for a quarter of the run: each PPO step is 8
-            # optimizer steps (4 epochs x 2 mini-batches).
-            steps = self.steps("ppo")
-            ppo = PPOConfig(output_dir=out, max_steps=steps, per_device_batch_size=16, mini_batch_size=8, num_epochs=4,
-                            max_new_tokens=16, learning_rate=LEARNING_RATES["ppo"], init_kl_coef=kl_coef,
-                            target_kl=None, lr_scheduler_type="cosine", warmup_steps=steps * 2, seed=self.args.seed,
-                            logging_steps=1, disable_tqdm=self.args.quick)
-            ppo.reward_args = RewardArguments(reward=[self.path("reward")])  # PPO against the reward model
+            # A fixed KL weight (no adaptive target). Each PPO step (a generation of 16 rollouts) is 8 optimizer
+            # steps (4 epochs x 2 micro-batches of 8); warm-up for a quarter of the run.
+            steps = self.steps("ppo") * 8
+            ppo = PPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=8, steps_per_generation=2,
+                            num_iterations=4, max_completion_length=16, learning_rate=LEARNING_RATES["ppo"],
+                            init_kl_coef=kl_coef, target_kl=None, lr_scheduler_type="cosine", warmup_steps=steps // 4,
+                            seed=self.args.seed, logging_steps=1, save_strategy="no", report_to="none",
+                            disable_tqdm=self.args.quick)
+            ppo.reward_args = RewardArguments(reward_funcs=[self.path("reward")])  # PPO against the reward model
             return ppo
 
         return self.sweep("ppo", "kl_coef", self.args.ppo_kl_coefs, config, self.data["prompts"])

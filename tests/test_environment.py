@@ -377,6 +377,7 @@ def test_max_prompt_length_cuts_the_chat_template_prompt(model, tool_tok):
     env.bind(tool_tok, env.sampling, max_prompt_length=limit)
     rollout = run(env, model, tool_tok, [MESSAGES])
     assert prompt_row(rollout, 0) == full[-limit:] and rollout.truncated_prompts == 1
+    assert env.backend.calls[0][0] == [full[-limit:]]  # what the model was given
     assert '"name": "calculator"' not in tool_tok.decode(prompt_row(rollout, 0))
     assert "<|im_start|>tool\n5<|im_end|>" in tool_tok.decode(row(rollout, 0)[0])  # the episode still ran
 
@@ -428,6 +429,20 @@ def test_reward_funcs_score_episodes_with_their_tool_calls(model, tok):
     assert completions[0] == CALL + RESULT + "<call>calculator(5*4)</call><result>20</result>20"  # tool output in
     assert completions[2].startswith("<call>boom(0)</call><result>Error: ZeroDivisionError")
     assert rollout.select([2, 0]).rewards == {"tool_use": [1.0, 2.0], "Recorder": [0.0, 1.0]}
+
+
+def test_reward_funcs_get_conversational_completions_for_message_prompts(model, tool_tok):
+    seen = []
+
+    def calls(completions, tool_calls, **kwargs):
+        seen.append(completions)
+        return [float(n) for n in tool_calls]
+
+    env = make_env(tool_tok, {"What is 2+3?": [HERMES, "The answer is 5."]}, reward_funcs=calls)
+    rollout = run(env, model, tool_tok, [MESSAGES])
+    text = tool_tok.decode(row(rollout, 0)[0], skip_special_tokens=True)
+    assert "5" in text and text.endswith("The answer is 5.")
+    assert seen == [[[{"role": "assistant", "content": text}]]] and rollout.rewards == {"calls": [1.0]}
 
 
 def test_a_broken_environment_reward_is_a_clear_error(model, tok):

@@ -148,11 +148,11 @@ def test_clipped_policy_loss_asymmetric_clip_and_per_token_advantages():
     assert stats["clipfrac"].item() == pytest.approx(sum(c for row in rows for _, c in row) / 5)
 
 
-def test_aggregate_each_loss_type_skips_empty_rows_and_errors():
+def test_aggregate_each_loss_type_counts_empty_rows_as_zero_and_errors():
     x = T([[1.0, 3.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0], [float("nan"), 2.0, 4.0, 9.0]])
     mask = T([[1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 1, 1]])
     # valid tokens: row 0 {1, 3}, row 1 none, row 2 {2, 4, 9}; S = 19, N = 5
-    assert aggregate(x, mask, "grpo").item() == pytest.approx((2.0 + 5.0) / 2)  # the empty row is left out
+    assert aggregate(x, mask, "grpo").item() == pytest.approx((2.0 + 0.0 + 5.0) / 3)  # an empty row counts 0 (TRL)
     assert aggregate(x, mask, "bnpo").item() == pytest.approx(19 / 5)
     assert aggregate(x, mask, "dr_grpo", max_completion_length=4).item() == pytest.approx(19 / 12)
     assert aggregate(x, mask, "dapo").item() == pytest.approx(19 / 5)

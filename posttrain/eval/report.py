@@ -71,11 +71,11 @@ def plot_ppo(ppo: dict | None, path: str) -> str | None:
         main = run.get("label") == ppo.get("main")
         style = dict(color=COLOURS[i % len(COLOURS)], lw=2.6 if main else 1.2, alpha=1 if main else 0.75,
                      zorder=3 if main else 2, label=_pretty(run.get("label")) + (" (main)" if main else ""))
-        for ax, key in zip(axes, ("reward", "kl")):
+        for ax, key in zip(axes, ("reward", "kl_sum")):  # KL in nats per completion, as the frontier
             ax.plot(*_series(run["history"], key), **style)
     for ax, title in zip(axes, ("Reward-model score of the rollouts", "KL to the SFT model (nats)")):
         ax.set_title(title, fontsize=11)
-        ax.set_xlabel("PPO step")
+        ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=9, title="PPO run", title_fontsize=9)
     return _save(fig, path)

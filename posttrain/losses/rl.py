@@ -101,8 +101,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_c
 
     With ``S`` the masked sum of ``per_token``, ``n_i`` the loss tokens of row ``i``, ``N = Σ n_i``:
 
-    - ``grpo``: ``mean_i (Σ_t x_it / n_i)`` over the rows with ``n_i > 0`` (0 if none). TRL divides
-      by all ``B`` rows instead (an empty row counts as 0); the two differ only for empty rows;
+    - ``grpo``: ``(1/B) Σ_i (Σ_t x_it / max(n_i, 1))`` (TRL ``grpo``): an empty row -- a dropped
+      sample -- counts as 0, so every row weighs the same however the batch is split;
     - ``bnpo``: ``S / N`` (this batch's tokens; TRL ``bnpo``);
     - ``dr_grpo``: ``S / (B * max_completion_length)`` (TRL ``dr_grpo``; needs a positive length);
     - ``dapo``: ``S / num_items`` (clamped to >= 1 as TRL does), ``num_items`` = loss tokens of the
@@ -111,7 +111,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_c
     Gradient accumulation (TRL divides grpo/bnpo/dr_grpo by the accumulation steps, which is exact for
     equal micro-batches). To make a window of micro-batches equal one big batch, a trainer:
 
-    - ``grpo``: weights each micro-batch's loss by ``rows / rows_in_window`` (rows with a loss token);
+    - ``grpo``: weights each micro-batch's loss by ``rows / rows_in_window``;
     - ``dr_grpo``: the same weight, so ``B`` becomes the window's rows;
     - ``dapo``: passes ``num_items`` = the window's loss tokens and weight 1 (what TRL does). Under DDP,
       which averages gradients over processes, pass ``window tokens of all processes / num_processes``
@@ -120,8 +120,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_c
     """
     m = _bool(mask)
     if loss_type == "grpo":
-        has_tokens = m.sum(-1) > 0
-        return masked_sum(masked_mean(per_token, m, dim=-1), has_tokens) / has_tokens.sum().clamp(min=1)
+        return masked_mean(per_token, m, dim=-1).mean()
     if loss_type == "bnpo" or (loss_type == "dapo" and num_items is None):
         return masked_mean(per_token, m)
     if loss_type == "dr_grpo":

@@ -73,7 +73,9 @@ class TextEnvironment:
 
         fn(prompts=..., completions=[...], completion_ids=[...], tool_calls=[...], tool_errors=[...], **columns)
 
-    ``completions``: each episode's decoded completion, tool output included (special tokens skipped);
+    ``completions``: each episode's decoded completion, tool output included (special tokens skipped) --
+    for a message-list prompt wrapped as ``[{"role": "assistant", "content": text}]``, as trainers pass
+    completions (see :mod:`posttrain.rewards.base`);
     ``tool_calls``: how many tools ran in each episode; ``tool_errors``: how many of their outputs start
     with "Error"; ``columns``: the dataset's other columns. It returns one float (or None where it does
     not apply) per episode; the values are in ``rollout.rewards[name]`` (name: ``__name__``, else the
@@ -245,7 +247,9 @@ class TextEnvironment:
         if clash:
             raise ValueError(f"Dataset column(s) {clash} clash with what TextEnvironment passes to its reward "
                              "functions; rename the column(s).")
-        completions = self.tokenizer.batch_decode(completion_ids)  # PLANTED
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t
+                       for p, t in zip(prompts, texts)]  # as the trainer passes them
         result = self.reward_funcs(prompts, completions, **extra, **columns)  # checked, called by keyword
         return {name: [None if math.isnan(v) else v for v in values.tolist()]
                 for name, values in result.per_function.items()}

@@ -112,9 +112,9 @@ class GRPOTrainer(OnlineTrainer):
         loss, stats = clipped_policy_loss(logps, old_logps, advantages, mask, args.epsilon, args.loss_type,
                                           args.max_completion_length, args.epsilon_high, num_items)
         if ref_logps is not None:
-            kl = grpo_kl(logps, ref_logps[rows], old_logps, args.use_bias_correction_kl)
+            kl = grpo_kl(logps, ref_logps[rows], old_logps, args.use_bias_correction_kl, mask)
             loss = loss + args.beta * aggregate(kl, mask, args.loss_type, args.max_completion_length, num_items)
-            k3 = grpo_kl(logps.detach(), ref_logps[rows], old_logps, False)
+            k3 = grpo_kl(logps.detach(), ref_logps[rows], old_logps, False, mask)
             self.record(kl=self.gather_token_mean(k3, mask), kl_sum=self.gather_mean((k3 * mask).sum(1)))
         self.record(loss=loss.detach(), **stats)
         return loss

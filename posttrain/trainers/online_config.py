@@ -11,6 +11,7 @@ generation (PPO's epochs, GRPO's mu). ``max_steps`` counts optimizer steps.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -46,9 +47,9 @@ class OnlineConfig(TrainingArguments):
     top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens (0: all)."})
     min_p: float | None = field(default=None, metadata={
         "help": "Drop tokens whose probability is below min_p x the likeliest token's (None: off)."})
-    generation_kwargs: dict | None = field(default=None, metadata={
-        "help": "More generation settings: min_new_tokens, stop_strings (a list of strings that end a "
-                "completion)."})
+    generation_kwargs: dict | str | None = field(default=None, metadata={
+        "help": "More generation settings, a dict (a JSON string on the command line): min_new_tokens, "
+                "stop_strings (a list of strings that end a completion)."})
     # ---- reference and rewards ----------------------------------------------------------------------
     reference: str = field(default="auto", metadata={
         "help": "Reference model for the KL term: copy (a frozen copy of the starting policy), adapter (a LoRA "
@@ -61,6 +62,11 @@ class OnlineConfig(TrainingArguments):
                 "default is True; TRL's GRPO/RLOO default is False (then the importance ratio is noisy)."})
 
     def __post_init__(self):
+        if isinstance(self.generation_kwargs, str):
+            try:
+                self.generation_kwargs = json.loads(self.generation_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"generation_kwargs must be a JSON object, got {self.generation_kwargs!r}: {err}.") from err
         for name in ("num_iterations", "max_completion_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")

@@ -1,0 +1,141 @@
+"""Running a training command end to end: build the trainer for a command, train, evaluate, save, and
+a one-line summary. What ``posttrain <command>`` and ``posttrain demo`` both call (neither imports the
+other)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from transformers import PrinterCallback, ProgressCallback
+
+from .checkpoint import resolve_resume
+from .config import DataArguments, ModelArguments
+from .data.formats import load_rows
+from .rewards import BUILTIN_REWARDS
+from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, ReSTConfig,
+                       ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
+
+COMMANDS = {
+    "sft": (SFTTrainer, SFTConfig, "causal-lm", "Supervised fine-tuning on text, prompt/completion or messages."),
+    "reward": (RewardTrainer, RewardConfig, "seq-cls", "Train a reward model on prompt/chosen/rejected pairs."),
+    "dpo": (DPOTrainer, DPOConfig, "causal-lm", "Preference optimisation on prompt/chosen/rejected pairs "
+            "(DPO, cDPO, robust, IPO, hinge, SimPO, ORPO: --loss_type)."),
+    "kto": (DPOTrainer, DPOConfig, "causal-lm", "KTO on unpaired prompt/completion/label rows "
+            "(posttrain dpo --loss_type kto)."),
+    "ppo": (PPOTrainer, PPOConfig, "causal-lm", "PPO with a value head and a KL penalty, on prompts, "
+            "against --reward_funcs."),
+    "grpo": (GRPOTrainer, GRPOConfig, "causal-lm", "GRPO: G samples per prompt, group-normalised advantages."),
+    "rloo": (RLOOTrainer, RLOOConfig, "causal-lm", "RLOO: G samples per prompt, leave-one-out baselines."),
+    "rest": (ReSTTrainer, ReSTConfig, "causal-lm", "ReST: grow samples from the policy, fine-tune on the "
+             "best ones with rising thresholds."),
+}
+ONLINE = ("ppo", "grpo", "rloo", "rest")
+
+
+@dataclass
+class RewardArguments:
+    """What scores the completions of online training."""
+
+    reward_funcs: list[str] = field(default_factory=list, metadata={
+        "aliases": ["--reward"],
+        "help": "One or more reward functions (TRL's --reward_funcs; --reward works too): a built-in ("
+                + "; ".join(f"{k}: {v}" for k, v in BUILTIN_REWARDS.items()) + "), a 'package.module:function', or a reward-model directory (e.g. saved by posttrain reward)."})
+    env: str | None = field(default=None, metadata={
+        "help": "Roll out in a tool environment instead of plain sampling: 'calculator' (built in), or "
+                "'package.module:factory', a function returning a posttrain TextEnvironment."})
+
+
+def _split(data_args: DataArguments, seed: int):
+    train = load_rows(data_args.dataset)
+    if data_args.eval_dataset:
+        return train, load_rows(data_args.eval_dataset)
+    if data_args.eval_fraction > 0:
+        parts = train.train_test_split(test_size=data_args.eval_fraction, seed=seed)
+        return parts["train"], parts["test"]
+    return train, None
+
+
+def run_training(command: str, model_args: ModelArguments, data_args: DataArguments, config, callbacks=None,
+                 bar_only: bool = False):
+    """Build the trainer for ``command``, train, evaluate, save to ``config.output_dir``; returns the trainer.
+
+    ``callbacks``: ``transformers.TrainerCallback`` objects (every trainer takes them). ``bar_only``: show
+    the progress bar (with the latest loss, or reward and KL) but do not print every log entry."""
+    from .models.loading import is_encoder_decoder, load_model
+
+    trainer_cls, _, task, _ = COMMANDS[command]
+    train_rows, eval_rows = _split(data_args, config.seed)
+    online = command in ONLINE
+    if online and is_encoder_decoder(model_args.model):
+        task = "seq2seq"
+    if eval_rows is not None and config.eval_strategy == "no" and command != "rest":
+        config.eval_strategy = "steps"
+        config.eval_steps = config.eval_steps or config.logging_steps
+    model = load_model(model_args.model, task, dtype=model_args.dtype, seed=config.seed)
+    model.config.name_or_path = model_args.model
+    peft_config = model_args.peft_config({"seq-cls": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}.get(task, "CAUSAL_LM"))
+    kwargs = dict(train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks, peft_config=peft_config)
+    if online:
+        rewards = config.reward_args
+        if rewards.env:
+            from .rollout.environment import load_environment
+
+            kwargs["rollout_source"] = load_environment(rewards.env)
+        trainer = trainer_cls(model, rewards.reward_funcs, args=config, **kwargs)
+    else:
+        trainer = trainer_cls(model, config, **kwargs)
+    trainer.dataset_name = data_args.dataset
+    if bar_only:
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        if not config.disable_tqdm:
+            trainer.add_callback(BarOnlyProgress)
+    trainer.eval_before = trainer.evaluate() if online and eval_rows is not None else {}
+    trainer.train(resume_from_checkpoint=resolve_resume(config.resume_from_checkpoint, config.output_dir))
+    if eval_rows is not None:
+        trainer.eval_after = trainer.evaluate()
+    trainer.save_model(config.output_dir)
+    return trainer
+
+
+class BarOnlyProgress(ProgressCallback):
+    """The training progress bar with the latest loss (offline) or reward and KL (online) beside it,
+    instead of a printed line per log entry."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: f"{logs[k]:.4g}" for k in ("loss", "reward", "kl") if k in (logs or {})}
+        if state.is_world_process_zero and self.training_bar is not None and shown:
+            self.training_bar.set_postfix(shown)
+
+
+def online_summary(command: str, trainer, seconds: float) -> str:
+    history = trainer.state.log_history
+    parts = [f"posttrain {command}: saved to {trainer.args.output_dir}", f"{trainer.state.global_step} steps",
+             f"{seconds:.1f}s"]
+    for key in ("reward", "kl"):
+        values = [e[key] for e in history if key in e]
+        if values:
+            parts.append(f"{key} {values[0]:.4f} -> {values[-1]:.4f}")
+    for key, before in trainer.eval_before.items():
+        if key in trainer.eval_after:
+            parts.append(f"{key} {before:.4f} -> {trainer.eval_after[key]:.4f}")
+    return " | ".join(parts)
+
+
+def summary(command: str, trainer, seconds: float) -> str:
+    if command in ONLINE:
+        return online_summary(command, trainer, seconds)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    parts = [f"posttrain {command}: saved to {trainer.args.output_dir}", f"{trainer.state.global_step} steps",
+             f"{seconds:.1f}s"]
+    if losses:
+        parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    metrics = trainer.final_metrics()
+    for key in ("eval_loss", "eval_accuracy", "eval_mean_token_accuracy", "eval_rewards/accuracy",
+                "eval_rewards/margin", "accuracy", "mean_token_accuracy", "rewards/accuracy"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    return " | ".join(parts)
+
+
