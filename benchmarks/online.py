@@ -95,44 +95,45 @@ def _record(counts: dict, tokens: dict, k: int, what: str, got: tuple, per_step:
 
 
 def run_posttrain(family: str, model_dir: str, rows: list[dict], steps: int, warmup: int) -> Run:
+    """One run; a "step" here is one generation (sample, score, update), timed from the end of the previous
+    generation's last optimizer step to the end of its own (PPO: 8 optimizer steps per generation)."""
     total, length = warmup + steps, S["max_new_tokens"]
-    common = dict(seed=SEED, max_steps=total, max_new_tokens=length, temperature=1.0, top_k=0, top_p=1.0,
-                  lr_scheduler_type="constant", weight_decay=0.0, logging_steps=10**9, save_steps=0,
-                  disable_tqdm=True, bf16=False, min_new_tokens=length)
-    stamps, counts, tokens = {}, {}, {}
+    common = dict(seed=SEED, max_completion_length=length, temperature=1.0, top_k=0, top_p=1.0,
+                  lr_scheduler_type="constant", weight_decay=0.0, logging_steps=10**9, save_strategy="no",
+                  report_to="none", disable_tqdm=True, bf16=False, generation_kwargs={"min_new_tokens": length})
+    clock, counts, tokens = bench.StepClock(), {}, {}
     with tempfile.TemporaryDirectory() as tmp, bench._quiet():
         model = load_model(model_dir, dtype=torch.float32, seed=SEED)
         if family == "ppo":
-            args = PPOConfig(output_dir=tmp, per_device_batch_size=S["ppo_batch"], mini_batch_size=S["ppo_mini_batch"],
-                             num_epochs=S["ppo_epochs"], learning_rate=S["ppo_lr"], max_grad_norm=None,
+            per_step, micro = S["ppo_batch"], S["ppo_mini_batch"]
+            args = PPOConfig(output_dir=tmp, per_device_train_batch_size=micro, steps_per_generation=per_step // micro,
+                             num_iterations=S["ppo_epochs"], learning_rate=S["ppo_lr"], max_grad_norm=None,
                              init_kl_coef=S["ppo_kl_coef"], target_kl=None, kl_estimator="k1", gamma=1.0, lam=0.95,
                              cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, whiten_advantages=True,
-                             reference="copy", **common)
-            cls, per_step = PPOTrainer, S["ppo_batch"]
+                             reference="copy", max_steps=total * S["ppo_epochs"] * per_step // micro, **common)
+            cls = PPOTrainer
         else:
             (cls, cfg), per_step = (GRPOTrainer, GRPOConfig) if family == "grpo" else (RLOOTrainer, RLOOConfig), \
                 S["prompts"] * S["generations"]
-            args = cfg(output_dir=tmp, per_device_batch_size=S["prompts"], num_generations=S["generations"],
-                       num_epochs=1, mini_batch_size=None, learning_rate=S["group_lr"], max_grad_norm=1.0,
-                       beta=S["rloo_beta"] if family == "rloo" else 0.0, kl_estimator="k1", epsilon=0.2,
-                       loss_aggregation="token", scale_rewards="group", reference="auto", **common)
-        trainer = cls(model, args, train_dataset=rows, reward_funcs=distinct_reward,
-                      processing_class=load_tokenizer(TOKENIZER))
-        sample, step_fn = trainer.sample, trainer.training_step
+            extra = dict(loss_type="dapo", scale_rewards="group") if family == "grpo" else dict(normalize_advantages=False)
+            args = cfg(output_dir=tmp, per_device_train_batch_size=per_step, num_generations=S["generations"],
+                       num_iterations=1, learning_rate=S["group_lr"], max_grad_norm=1.0, max_steps=total,
+                       beta=S["rloo_beta"] if family == "rloo" else 0.0, epsilon=0.2, reference="auto",
+                       **extra, **common)
+        trainer = cls(model, reward_funcs=distinct_reward, args=args, train_dataset=rows,
+                      processing_class=load_tokenizer(TOKENIZER), callbacks=[clock])
+        sample, per_generation = trainer.sample, args.optimizer_steps_per_generation()
 
         def counted_sample(*a, **kw):
             rollout = sample(*a, **kw)
-            _record(counts, tokens, trainer.step_count + 1, f"posttrain {family}",
+            _record(counts, tokens, trainer.generation_index() + 1, f"posttrain {family}",
                     (len(rollout), int(rollout.completion_mask.sum()), int(rollout.prompt_attention.sum())), per_step)
             return rollout
 
-        def stamped_step(indices):
-            out = step_fn(indices)
-            stamps[trainer.step_count + 1] = time.perf_counter()
-            return out
-
-        trainer.sample, trainer.training_step = counted_sample, stamped_step
+        trainer.sample = counted_sample
+        clock.times[0] = time.perf_counter()
         trainer.train()
+    stamps = {k // per_generation: t for k, t in clock.times.items() if k % per_generation == 0}
     return _timed(stamps, counts, tokens, warmup, total, f"posttrain {family}")
 
 
@@ -283,28 +284,28 @@ Command (took {elapsed / 60:.1f} min; torch threads {torch.get_num_threads()}):
 - **Model and data.** `{MODEL}` (seed {SEED}) saved once, fp32; every run loads a fresh copy. Prompts:
   `toy.arithmetic_problems` of one length ({S['prompt_tokens']} tokens), so all batches have the same
   shape on both sides. Reward: the fraction of distinct token ids in the completion, on both sides.
-- **Equal lengths.** Every completion is exactly {L} tokens: posttrain sets `min_new_tokens={L}` in its
-  config, TRL {info['trl']}
-  gets `generation_kwargs={{"min_new_tokens": {L}}}`, TRL 0.11.4 `min_new_tokens={L}` in `generate`, so
+- **Equal lengths.** Every completion is exactly {L} tokens: posttrain and TRL {info['trl']} get
+  `generation_kwargs={{"min_new_tokens": {L}}}` (TRL's setting, in both configs), TRL 0.11.4 `generation_kwargs={{"min_new_tokens": {L}}}`, TRL 0.11.4 `min_new_tokens={L}` in `generate`, so
   transformers masks the eos logit throughout. Checked every step from each library's own batch
   (completions, completion tokens, prompt tokens; TRL 0.11.4's script asserts each response's length).
-- **GRPO / RLOO.** {P} prompts x G={G} = {P * G} completions per step (posttrain `per_device_batch_size={P}`
-  prompts; TRL `per_device_train_batch_size={P * G}` completions), one optimizer step per generation batch
-  (posttrain `num_epochs=1`, whole-batch mini-batch; TRL `num_iterations=1`, `steps_per_generation=1`),
+- **GRPO / RLOO.** {P} prompts x G={G} = {P * G} completions per step (the same config on both sides:
+  `per_device_train_batch_size={P * G}` completions, `num_iterations=1`, one optimizer step per generation),
   temperature 1, `top_k` 0, `top_p` 1, AdamW lr {S['group_lr']:g} constant, clipping 1.0, epsilon 0.2, dropout
-  off. GRPO: beta 0, no reference on either side, token-mean loss (posttrain `loss_aggregation="token"`,
-  TRL `loss_type="dapo"`), group-std scaling. RLOO: beta {S['rloo_beta']}, k1 KL summed into the reward,
-  frozen-copy reference on both sides, no advantage normalisation.
-- **PPO.** {S['ppo_batch']} episodes per step, mini-batch {S['ppo_mini_batch']}, {S['ppo_epochs']} epochs
+  off. GRPO: beta 0, no reference on either side, `loss_type="dapo"`, group-std scaling. RLOO: beta
+  {S['rloo_beta']}, k1 KL summed into the reward, frozen-copy reference on both sides, no advantage
+  normalisation, the sequence-level loss on both sides.
+- **PPO.** {S['ppo_batch']} episodes per step (posttrain: `per_device_train_batch_size={S['ppo_mini_batch']}`,
+  `steps_per_generation={S['ppo_batch'] // S['ppo_mini_batch']}`), mini-batch {S['ppo_mini_batch']}, {S['ppo_epochs']} epochs
   ({ppo_opt} optimizer steps per step), lr {S['ppo_lr']:g}, fixed KL coefficient {S['ppo_kl_coef']} (k1), gamma 1,
   lambda 0.95, clip 0.2, value clip 0.2, vf_coef 0.1, whitened advantages, no gradient clipping (TRL
   0.11.4's default), frozen-copy reference. TRL 0.11.4's value head keeps its 0.1 dropout.
 - **Where the work differs.** With one optimizer step per batch neither library's GRPO runs a
   sampling-time log-prob pass (the ratio is 1). posttrain's RLOO runs it (its KL penalty needs the
   sampling policy's log-probs); posttrain's PPO computes log-probs and values in one pass after
-  sampling. TRL's RLOO clips a sequence-level ratio, posttrain a per-token one.
+  sampling.
 - **Timing.** {warmup} warm-up + {steps} timed steps, {repeats} round(s) per library, alternating which goes
-  first. posttrain and TRL {info['trl']}: a step runs from the end of the previous step to its own end
+  first. posttrain and TRL {info['trl']}: a step (one generation) runs from the end of the previous one to
+  its own last optimizer step
   (sampling, reward, update); TRL 0.11.4 (its script): from tokenizing the step's prompts to the return of
   `step()`. Throughput = timed completions / sum over steps of the step's fastest round.
 

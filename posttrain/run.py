@@ -4,7 +4,6 @@ other)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from transformers import PrinterCallback, ProgressCallback

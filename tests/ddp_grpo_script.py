@@ -1,18 +1,20 @@
 """Run by tests/test_distributed.py under `accelerate launch`: a short GRPO run whose reward function
-records, on each process, the prompts and rewards it saw; rank 0 writes the logged metrics."""
+records, on each process, the prompts and rewards it saw, and a callback that records the prompt rows
+each process sampled at each step; rank 0 writes the logged metrics."""
 
 import json
 import os
 import sys
 
 import torch
+from transformers import TrainerCallback
 
 from posttrain import GRPOConfig, GRPOTrainer
 from posttrain.data import toy
 
 out_dir = sys.argv[1]
 rank = int(os.environ.get("RANK", 0))
-seen = []
+seen, indices = [], []
 
 
 def digits(prompts, completions, **kw):
@@ -22,16 +24,26 @@ def digits(prompts, completions, **kw):
     return rewards
 
 
-args = GRPOConfig(output_dir=out_dir, max_steps=3, per_device_batch_size=4, num_generations=4, max_new_tokens=4,
-                  learning_rate=1e-3, disable_tqdm=True, seed=0)
-trainer = GRPOTrainer("tiny:llama", args, train_dataset=toy.arithmetic_problems(32, seed=0), reward_funcs=digits)
+class RecordRows(TrainerCallback):
+    """The prompt rows of the generation each optimizer step uses (one step per generation here)."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        indices.append({"step": state.global_step, "rows": trainer.next_prompts()})
+
+
+# 4 prompts x 4 generations = 16 completions per process per step; one optimizer step per generation
+args = GRPOConfig(output_dir=out_dir, max_steps=3, per_device_train_batch_size=16, num_generations=4,
+                  max_completion_length=4, learning_rate=1e-3, disable_tqdm=True, seed=0, logging_steps=1,
+                  save_strategy="no", lr_scheduler_type="constant", report_to="none")
+rows = toy.arithmetic_problems(32, seed=0)
+trainer = GRPOTrainer("tiny:llama", digits, args=args, train_dataset=rows, callbacks=[RecordRows()])
 trainer.train()
 with open(os.path.join(out_dir, f"seen-{rank}.json"), "w") as fh:
-    json.dump({"world_size": trainer.accelerator.num_processes, "seen": seen,
-               "indices": [trainer.batch_indices(s) for s in range(3)]}, fh)
+    json.dump({"world_size": trainer.accelerator.num_processes, "seen": seen, "indices": indices,
+               "dataset_prompts": [r["prompt"] for r in rows]}, fh)
 if rank == 0:
     with open(os.path.join(out_dir, "log.json"), "w") as fh:
-        json.dump(trainer.log_history, fh)
+        json.dump(trainer.state.log_history, fh)
 if torch.distributed.is_initialized():
     trainer.accelerator.wait_for_everyone()
     torch.distributed.destroy_process_group()

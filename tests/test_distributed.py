@@ -57,9 +57,15 @@ def test_grpo_on_two_processes_gathers_rewards(tmp_path):
     ranks = [json.loads((tmp_path / f"seen-{r}.json").read_text()) for r in (0, 1)]
     log = json.loads((tmp_path / "log.json").read_text())
     assert [r["world_size"] for r in ranks] == [2, 2] and len(log) == 3
+    assert [e["step"] for e in log] == [1, 2, 3]
+    dataset = ranks[0]["dataset_prompts"]
     for step in range(3):
-        # each process sampled its own 4 prompts x 4 generations; together the global batch of 8
-        assert not set(ranks[0]["indices"][step]) & set(ranks[1]["indices"][step])
+        rows = [r["indices"][step] for r in ranks]
+        assert rows[0]["step"] == rows[1]["step"] == step and len(rows[0]["rows"]) == len(rows[1]["rows"]) == 4
+        # each process sampled its own 4 prompts x 4 generations; together the global batch of 8 prompts
+        assert not set(rows[0]["rows"]) & set(rows[1]["rows"])
+        for rank, seen in zip(rows, ranks):  # the reward function scored those rows' prompts, 4 times each
+            assert seen["seen"][step]["prompts"] == [dataset[i] for i in rank["rows"] for _ in range(4)]
         rewards = ranks[0]["seen"][step]["rewards"] + ranks[1]["seen"][step]["rewards"]
         assert len(rewards) == 32 and len(set(rewards)) > 1
         assert log[step]["reward"] == pytest.approx(sum(rewards) / 32, abs=1e-6)

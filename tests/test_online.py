@@ -1,7 +1,9 @@
 """Rollouts and the online trainers' mechanics: left padding, stop handling, log-probs, the PPO step API,
-dropped rewards, accumulation, resume and the CLI. (Learning is in test_rl_learning.py.)"""
+dropped rewards, accumulation, resume and the CLI. (Learning is in test_rl_learning.py; the Trainer
+contract -- report_to, callbacks, evaluation, reward-function keywords -- is in test_online_contract.py.)"""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -10,15 +12,36 @@ from posttrain import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RLOOConfig
 from posttrain.cli import main
 from posttrain.data import toy
 from posttrain.data.tokenize import tokenize_prompt
-from posttrain.rollout import PolicySampler, Rollout, SamplingConfig, forward_completion, pad_with_attention
+from posttrain.rollout import PolicySampler, Rollout, SamplingConfig, forward_completion, pad_with_attention  # noqa: F401
 
 PROMPTS = ["Honestly, the film", "I went to see the sequel last night and it", "Five"]
 
 
-def quick(cls, **kw):
-    base = dict(output_dir=kw.pop("output_dir", "/tmp/posttrain-test-online"), max_steps=2, per_device_batch_size=4,
-                max_new_tokens=5, disable_tqdm=True, learning_rate=1e-3)
+def quick(cls, prompts: int = 4, **kw):
+    """A small config: ``prompts`` prompts per generation (x num_generations completions for GRPO/RLOO),
+    one optimizer step per generation unless asked otherwise, and what the old defaults were (log every
+    step, constant learning rate, seed 0, no checkpoints, no reporting)."""
+    group = kw.get("num_generations", cls.num_generations) if hasattr(cls, "num_generations") else 1
+    base = dict(output_dir=kw.pop("output_dir", "/tmp/posttrain-test-online"), max_steps=2,
+                per_device_train_batch_size=prompts * group, max_completion_length=5, disable_tqdm=True,
+                learning_rate=1e-3, logging_steps=1, save_strategy="no", lr_scheduler_type="constant", seed=0,
+                report_to="none")
+    if cls is PPOConfig:
+        base["num_iterations"] = 1
     return cls(**{**base, **kw})
+
+
+def params(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+
+
+def varied(completions, **kw):
+    """A deterministic reward that differs between completions (so advantages are not all 0)."""
+    return [float(sum(map(ord, c)) % 7) for c in completions]
+
+
+def logged(trainer, key):
+    return [e[key] for e in trainer.state.log_history if key in e]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
@@ -60,34 +83,53 @@ def test_completions_stop_at_eos_and_stop_strings(tokenizer):
     assert not tokenizer.decode(rollout.completion_lists()[1][:-1]).endswith("two")
 
 
+def test_stop_strings_reach_the_sampler_through_generation_kwargs():
+    config = quick(GRPOConfig, num_generations=2, generation_kwargs={"min_new_tokens": 2, "stop_strings": ["two"]})
+    assert config.sampling().stop_strings == ("two",) and config.sampling().min_new_tokens == 2
+    as_json = quick(GRPOConfig, num_generations=2, generation_kwargs='{"stop_strings": ["x"]}')  # the CLI's form
+    assert as_json.sampling().stop_strings == ("x",)
+    with pytest.raises(ValueError, match="not supported"):
+        quick(GRPOConfig, num_generations=2, generation_kwargs={"max_new_tokens": 3})
+
+
 def test_sampling_settings_are_checked():
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        quick(PPOConfig, top_p=0.0)
 
 
 def test_ppo_step_api_updates_policy_and_value_head(tokenizer):
-    trainer = PPOTrainer("tiny:llama", quick(PPOConfig, num_epochs=2, mini_batch_size=2))
+    # 3 episodes, micro-batches of 2 (ceil(3 / steps_per_generation)), 2 passes: 4 optimizer steps. Logging
+    # every step must not take the statistics step() returns.
+    trainer = PPOTrainer("tiny:llama", args=quick(PPOConfig, prompts=2, steps_per_generation=2, num_iterations=2))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     queries = [torch.tensor(tokenize_prompt(tokenizer, p)) for p in PROMPTS]
     responses = [torch.tensor([5, 6, 7]), torch.tensor([8]), torch.tensor([9, 10])]
     stats = trainer.step(queries, responses, [1.0, -1.0, 0.5])
-    for key in ("policy_loss", "value_loss", "kl", "kl_coef", "clipfrac", "approx_kl"):
+    for key in ("policy_loss", "value_loss", "kl", "kl_coef", "clipfrac", "approx_kl", "loss", "returns"):
         assert key in stats and stats[key] == stats[key], key  # present and not NaN
     changed = {n.split(".")[0] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"pretrained_model", "v_head"}
-    assert stats["epochs"] == 2
+    assert trainer.state.global_step == 4  # 2 passes x 2 optimizer steps (was: stats["epochs"] == 2)
+    assert stats["score"] == pytest.approx(0.5 / 3)
     with pytest.raises(ValueError, match="as many"):
         trainer.step(queries, responses[:2], [1.0, 2.0])
+    with pytest.raises(ValueError, match="empty response"):
+        trainer.step(queries[:1], [torch.tensor([], dtype=torch.long)], [1.0])
 
 
 def test_seq2seq_ppo_trains(tmp_path):
     rows = toy.review_prompts(8, seed=0)
-    trainer = PPOTrainer("tiny:t5", quick(PPOConfig, output_dir=str(tmp_path)), train_dataset=rows,
-                         reward_funcs=["length:3"])
-    history = trainer.train()
-    assert len(history) == 2 and all(e["value_loss"] == e["value_loss"] for e in history)
+    # 2 generations of 4 prompts, 4 PPO epochs each: 8 optimizer steps, logged every 4
+    config = quick(PPOConfig, output_dir=str(tmp_path), num_iterations=4, max_steps=8, logging_steps=4)
+    trainer = PPOTrainer("tiny:t5", ["length:3"], args=config, train_dataset=rows)
+    out = trainer.train()
+    history = trainer.state.log_history
+    assert out.global_step == 8 and [e["step"] for e in history] == [4, 8]
+    assert all(e["value_loss"] == e["value_loss"] and "reward" in e for e in history)
     trainer.save_model(str(tmp_path / "final"))
     assert (tmp_path / "final" / "value_head.safetensors").exists()
 
@@ -97,61 +139,116 @@ def test_dropped_samples_are_counted_and_get_no_weight():
 
     def some_none(prompts, completions, **kw):
         calls.append(len(completions))
-        return [None if i % 4 == 0 else 1.0 for i in range(len(completions))]
+        return [None if i % 4 == 0 else float(len(c)) for i, c in enumerate(completions)]
+
+    def all_none(prompts, completions, **kw):
+        return [None] * len(completions)
 
     rows = toy.arithmetic_problems(16, seed=0)
-    trainer = GRPOTrainer("tiny:llama", quick(GRPOConfig, num_generations=4), train_dataset=rows,
-                          reward_funcs=some_none)
-    history = trainer.train()
+    trainer = GRPOTrainer("tiny:llama", some_none, args=quick(GRPOConfig, num_generations=4), train_dataset=rows)
+    start = params(trainer.model)
+    trainer.train()
+    history = trainer.state.log_history
     assert history[0]["dropped"] == 4  # 16 completions, every 4th None
     assert calls == [16, 16]
-    trainer = PPOTrainer("tiny:llama", quick(PPOConfig), train_dataset=rows, reward_funcs=some_none)
-    assert trainer.train()[0]["dropped"] == 1
+    after = params(trainer.model)
+    assert torch.isfinite(after).all() and not torch.equal(after, start)  # the others still train, no NaN leaks
+    # weightless: when every sample is dropped there is no loss at all, so nothing moves
+    for cls, config in ((GRPOTrainer, quick(GRPOConfig, num_generations=4, beta=0.1)),
+                        (RLOOTrainer, quick(RLOOConfig, num_generations=4))):
+        trainer = cls("tiny:llama", all_none, args=config, train_dataset=rows)
+        start = params(trainer.model)
+        trainer.train()
+        assert torch.equal(params(trainer.model), start), cls.__name__
+        assert logged(trainer, "dropped") == [16, 16], cls.__name__
+    trainer = PPOTrainer("tiny:llama", some_none, args=quick(PPOConfig), train_dataset=rows)
+    trainer.train()
+    assert trainer.state.log_history[0]["dropped"] == 1
+    # PPO learns from the scored samples only: a generation with none makes no update (and does not crash)
+    calls.clear()
+
+    def none_first(prompts, completions, **kw):
+        calls.append(len(completions))
+        return [None] * len(completions) if len(calls) == 1 else [1.0] * len(completions)
+
+    trainer = PPOTrainer("tiny:llama", none_first, args=quick(PPOConfig, max_steps=1), train_dataset=rows)
+    trainer.train()
+    assert calls == [4, 4] and trainer.state.global_step == 1
+    assert logged(trainer, "dropped") == [2.0]  # (4 + 0) / 2 generations in the logging window
 
 
-def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, loss_type, steps):
+    """8 completions per generation (2 prompts x 4), used in ``steps`` optimizer steps: one micro-batch per
+    step, or micro-batches of 2 accumulated; the same samples, the same update."""
     rows = toy.arithmetic_problems(16, seed=0)
     weights = []
-    for accumulation in (1, 4):
+    per_step = 8 // steps
+    for micro, accumulation in ((per_step, 1), (2, per_step // 2)):
         torch.manual_seed(0)
-        config = quick(GRPOConfig, num_generations=4, gradient_accumulation_steps=accumulation, max_steps=1,
-                       output_dir=str(tmp_path), mini_batch_size=8, learning_rate=1e-2, adam_epsilon=1.0)
-        trainer = GRPOTrainer("tiny:llama", config, train_dataset=rows, reward_funcs=["length:3"])
+        config = quick(GRPOConfig, prompts=1, num_generations=4, per_device_train_batch_size=micro,
+                       gradient_accumulation_steps=accumulation, steps_per_generation=8 // micro, max_steps=steps,
+                       output_dir=str(tmp_path), learning_rate=1e-2, adam_epsilon=1.0, loss_type=loss_type,
+                       max_grad_norm=0.0)
+        assert config.generation_batch_size() == 8 and config.optimizer_steps_per_generation() == steps
+        trainer = GRPOTrainer("tiny:llama", varied, args=config, train_dataset=rows)
         trainer.train()
-        weights.append(torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()]))
+        assert trainer.state.global_step == steps
+        weights.append(params(trainer.model))
     assert (weights[0] - weights[1]).abs().max() < 1e-6
+    assert (weights[0] - params(load_model("tiny:llama", seed=0))).abs().max() > 1e-4  # it did train
 
 
 @pytest.mark.parametrize("cls,config", [(PPOTrainer, PPOConfig), (GRPOTrainer, GRPOConfig), (RLOOTrainer, RLOOConfig)])
 def test_resume_matches_uninterrupted_run(tmp_path, cls, config):
+    """Two optimizer steps per generation, max_steps 8, save_steps 3: the save due at step 3 (mid-generation)
+    is written at 4, then 6 and the end of training (8). Resuming at 4 gives the same run."""
     rows = toy.arithmetic_problems(24, seed=0)
-    extra = {"score_scaling": True, "target_kl": 0.1} if cls is PPOTrainer else {"beta": 0.1, "num_generations": 2}
+    if cls is PPOTrainer:
+        extra = dict(score_scaling=True, target_kl=0.1, num_iterations=2)
+    else:
+        extra = dict(beta=0.1, num_generations=2, prompts=2, steps_per_generation=2)
 
     def run(out, resume=None):
-        args = quick(config, output_dir=str(out), max_steps=6, save_steps=3, lr_scheduler_type="linear", **extra)
-        trainer = cls("tiny:llama", args, train_dataset=rows, reward_funcs=["length:3", "arithmetic"])
+        args = quick(config, output_dir=str(out), max_steps=8, save_strategy="steps", save_steps=3,
+                     save_total_limit=None, lr_scheduler_type="linear", **extra)
+        assert args.optimizer_steps_per_generation() == 2
+        trainer = cls("tiny:llama", ["length:3", "arithmetic"], args=args, train_dataset=rows)
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
     full = run(tmp_path / "a")
-    resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-3"))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith("checkpoint")) == \
+        ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-4"))
+    assert resumed.state.global_step == full.state.global_step == 8
     for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert (p - q).abs().max() < 1e-6, name
-    assert full.log_history[-1]["reward"] == resumed.log_history[-1]["reward"]
+    assert logged(full, "reward")[-1] == pytest.approx(logged(resumed, "reward")[-1], abs=1e-6)
+    assert len(logged(full, "reward")) == len(logged(resumed, "reward")) == 4  # once per generation
+    for key in ("loss", "reward", "kl"):
+        assert logged(full, key) == pytest.approx(logged(resumed, key), abs=1e-6), key
     if cls is PPOTrainer:
-        assert full.kl_ctl.value == resumed.kl_ctl.value != 0.2
-    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith("checkpoint")) == \
-        ["checkpoint-3", "checkpoint-6"]
+        assert full.kl_ctl.value == pytest.approx(resumed.kl_ctl.value, abs=1e-12) and full.kl_ctl.value != 0.2
+        assert full.generations == resumed.generations == 4
 
 
 def test_prompt_dataset_errors(tmp_path):
     with pytest.raises(Exception, match="'prompt' column"):
-        GRPOTrainer("tiny:llama", quick(GRPOConfig), train_dataset=[{"question": "1+1="}], reward_funcs=["arithmetic"])
-    with pytest.raises(ValueError, match="cannot fill one batch"):
-        GRPOTrainer("tiny:llama", quick(GRPOConfig), train_dataset=toy.arithmetic_problems(2),
-                    reward_funcs=["arithmetic"]).train()
+        GRPOTrainer("tiny:llama", ["arithmetic"], args=quick(GRPOConfig), train_dataset=[{"question": "1+1="}])
+    with pytest.raises(ValueError, match="cannot fill one generation"):
+        GRPOTrainer("tiny:llama", ["arithmetic"], args=quick(GRPOConfig),
+                    train_dataset=toy.arithmetic_problems(2)).train()
     with pytest.raises(ValueError, match="num_generations"):
         quick(GRPOConfig, num_generations=1)
+    with pytest.raises(ValueError, match="not a multiple of num_generations"):
+        GRPOTrainer("tiny:llama", ["arithmetic"], args=quick(GRPOConfig, num_generations=4, per_device_train_batch_size=6),
+                    train_dataset=toy.arithmetic_problems(16)).train()
+    with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
+        quick(GRPOConfig, steps_per_generation=3, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="needs reward_funcs"):
+        GRPOTrainer("tiny:llama", args=quick(GRPOConfig), train_dataset=toy.arithmetic_problems(16)).train()
 
 
 def test_cli_grpo_rloo_ppo_with_builtin_module_and_model_rewards(tmp_path, capsys):
@@ -164,46 +261,73 @@ def test_cli_grpo_rloo_ppo_with_builtin_module_and_model_rewards(tmp_path, capsy
     from posttrain import load_tokenizer
 
     load_tokenizer("tiny:llama").save_pretrained(reward_model)
-    import sys
-
     sys.path.insert(0, str(tmp_path))
     try:
-        for command, reward in (("grpo", ["arithmetic"]), ("rloo", ["my_rewards:short"]),
-                                ("ppo", [str(reward_model), "length:4"])):
+        for command, flag, reward, batch in (("grpo", "--reward_funcs", ["arithmetic"], "8"),
+                                             ("rloo", "--reward", ["my_rewards:short"], "8"),
+                                             ("ppo", "--reward_funcs", [str(reward_model), "length:4"], "4")):
             out = tmp_path / command
-            code = main([command, "--model", "tiny:llama", "--dataset", str(data), "--reward", *reward,
-                         "--output_dir", str(out), "--max_steps", "2", "--per_device_batch_size", "4",
-                         "--max_new_tokens", "4", "--disable_tqdm", "true", "--eval_fraction", "0.25"])
+            code = main([command, "--model", "tiny:llama", "--dataset", str(data), flag, *reward,
+                         "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", batch,
+                         "--max_completion_length", "4", "--disable_tqdm", "true", "--eval_fraction", "0.25",
+                         "--logging_steps", "1", "--save_strategy", "no", "--generation_kwargs", '{"min_new_tokens": 2}']
+                        + (["--num_generations", "2"] if command != "ppo" else ["--num_iterations", "1"]))
             assert code == 0
             line = capsys.readouterr().out.strip().splitlines()[-1]
-            assert line.startswith(f"posttrain {command}: saved to {out} | 2 steps") and "eval_reward" in line
-            assert (out / "README.md").exists() and (out / "log.jsonl").exists()
+            assert line.startswith(f"posttrain {command}: saved to {out} | 2 steps"), line
+            assert "eval_reward" in line and " | reward " in line, line
+            assert (out / "README.md").exists() and not (out / "log.jsonl").exists()
+            assert not any(p.name.startswith("checkpoint") for p in out.iterdir())  # --save_strategy no
     finally:
         sys.path.remove(str(tmp_path))
     with pytest.raises(SystemExit):
         main(["grpo", "--model", "tiny:llama", "--dataset", str(data)])
-    assert "--reward is required" in capsys.readouterr().err
+    assert "--reward_funcs is required" in capsys.readouterr().err
 
 
 def test_ppo_early_stop_and_score_processing(tokenizer):
     queries = [torch.tensor(tokenize_prompt(tokenizer, p)) for p in PROMPTS]
     responses = [torch.tensor([5, 6, 7]), torch.tensor([8, 9]), torch.tensor([9, 10])]
-    trainer = PPOTrainer("tiny:llama", quick(PPOConfig, num_epochs=4, mini_batch_size=1, early_stop_kl=0.0))
-    assert trainer.step(queries, responses, [5.0, -5.0, 1.0])["epochs"] == 1  # the policy moved: stop after one
-    trainer = PPOTrainer("tiny:llama", quick(PPOConfig, score_clip=2.0, score_scaling=True))
+    steps = {}
+    for early_stop in (None, 0.0):  # 4 passes x 3 micro-batches of 1 = 12 optimizer steps, unless stopped
+        config = quick(PPOConfig, prompts=1, num_iterations=4, steps_per_generation=3, early_stop_kl=early_stop)
+        trainer = PPOTrainer("tiny:llama", args=config)
+        trainer.step(queries, responses, [5.0, -5.0, 1.0])
+        steps[early_stop] = trainer.state.global_step
+    assert steps[None] == 12 and 1 <= steps[0.0] < 12  # the policy moved: the rest of the generation is skipped
+    trainer = PPOTrainer("tiny:llama", args=quick(PPOConfig, score_clip=2.0, score_scaling=True))
     first = trainer.process_scores(torch.tensor([4.0, 0.0, -4.0]))
     std = torch.tensor([4.0, 0.0, -4.0]).std().item()
     assert first.tolist() == pytest.approx([min(4 / std, 2.0), 0.0, max(-4 / std, -2.0)])
 
 
+def test_ppo_early_stop_in_train_moves_on_to_new_prompts():
+    """An early-stopped generation must not be sampled again: each generation takes the next prompts."""
+    seen = []
+
+    def length(prompts, completions, **kw):
+        seen.append(tuple(prompts))
+        return [float(len(c)) for c in completions]
+
+    config = quick(PPOConfig, num_iterations=4, max_steps=6, early_stop_kl=0.0)
+    rows = [{"prompt": f"#{i}: {r['prompt']}"} for i, r in enumerate(toy.arithmetic_problems(16, seed=0))]  # distinct
+    trainer = PPOTrainer("tiny:llama", length, args=config, train_dataset=rows)
+    trainer.train()
+    # 6 optimizer steps; without the early stop that is 2 generations (4 steps each), with it more
+    assert trainer.state.global_step == 6 and 3 <= len(seen) <= 4
+    prompts = [p for batch in seen for p in batch]  # 16 prompts, 4 per generation: no repeat within an epoch
+    assert len(set(prompts)) == len(prompts) == 4 * len(seen)
+
+
 def test_conversational_prompts_use_the_chat_template(tokenizer):
     rows = [{"prompt": [{"role": "user", "content": f"What is {i}+1?"}], "answer": str(i + 1)} for i in range(8)]
-    trainer = GRPOTrainer("tiny:llama", quick(GRPOConfig, num_generations=2), train_dataset=rows,
-                          reward_funcs=["arithmetic"])
+    trainer = GRPOTrainer("tiny:llama", ["arithmetic"], args=quick(GRPOConfig, num_generations=2), train_dataset=rows)
     rendered = tokenizer.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)
-    assert trainer.prompt_ids[0] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert trainer.train_prompts.ids[0] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert trainer.train_prompts.values[0] == rows[0]["prompt"] and trainer.train_prompts.columns["answer"][0] == "1"
     assert rendered.endswith("<|im_start|>assistant\n")
-    assert len(trainer.train()) == 2
+    trainer.train()
+    assert len(trainer.state.log_history) == 2 and all("reward" in e for e in trainer.state.log_history)
 
 
 def test_cli_rest_and_grpo_in_the_calculator_environment(tmp_path, capsys):
@@ -211,24 +335,29 @@ def test_cli_rest_and_grpo_in_the_calculator_environment(tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in toy.tool_problems(16, seed=0)))
     reviews = tmp_path / "reviews.jsonl"
     reviews.write_text("".join(json.dumps(r) + "\n" for r in toy.review_prompts(16, seed=0)))
-    runs = {"grpo": ["--dataset", str(data), "--reward", "final_answer", "--env", "calculator",
-                     "--max_steps", "2", "--num_generations", "2", "--max_new_tokens", "8"],
-            "rest": ["--dataset", str(reviews), "--reward", "sentiment", "--grow_steps", "1", "--improve_steps", "2",
-                     "--samples_per_prompt", "2", "--max_new_tokens", "6", "--save_steps", "1"]}
+    runs = {"grpo": ["--dataset", str(data), "--reward_funcs", "final_answer", "--env", "calculator",
+                     "--max_steps", "2", "--num_generations", "2", "--max_completion_length", "8",
+                     "--per_device_train_batch_size", "8", "--save_strategy", "no"],
+            "rest": ["--dataset", str(reviews), "--reward_funcs", "sentiment", "--grow_steps", "1",
+                     "--improve_steps", "2", "--num_generations", "2", "--max_completion_length", "6",
+                     "--save_steps", "1", "--per_device_train_batch_size", "4"]}
     for command, args in runs.items():
         out = tmp_path / command
-        code = main([command, "--model", "tiny:llama", *args, "--output_dir", str(out), "--per_device_batch_size", "4",
+        code = main([command, "--model", "tiny:llama", *args, "--output_dir", str(out), "--logging_steps", "1",
                      "--disable_tqdm", "true", "--eval_fraction", "0.25"])
         assert code == 0
         line = capsys.readouterr().out.strip().splitlines()[-1]
-        assert line.startswith(f"posttrain {command}: saved to {out}") and "eval_reward" in line
+        steps = 2 if command == "grpo" else 3  # ReST: 1 grow x (1 + 2 improve) phases
+        assert line.startswith(f"posttrain {command}: saved to {out} | {steps} steps") and "eval_reward" in line, line
+        assert (out / "README.md").exists() and not (out / "log.jsonl").exists()
     assert (tmp_path / "rest" / "grow-0.jsonl").exists() and (tmp_path / "rest" / "checkpoint-3").is_dir()
     with pytest.raises(ValueError, match="Unknown environment"):
-        main(["grpo", "--model", "tiny:llama", "--dataset", str(data), "--reward", "final_answer", "--env", "nope"])
+        main(["grpo", "--model", "tiny:llama", "--dataset", str(data), "--reward_funcs", "final_answer", "--env", "nope"])
 
 
 def test_ppo_without_reference_has_no_kl_penalty(tokenizer):
-    trainer = PPOTrainer("tiny:llama", quick(PPOConfig, reference="none"))
+    trainer = PPOTrainer("tiny:llama", args=quick(PPOConfig, reference="none"))
     assert trainer.reference is None
     stats = trainer.step([torch.tensor(tokenize_prompt(tokenizer, PROMPTS[0]))], [torch.tensor([5, 6])], [1.0])
-    assert stats["kl"] == 0.0 and stats["non_score_reward"] == 0.0
+    assert stats["kl"] == 0.0 and stats["non_score_reward"] == 0.0 and stats["kl_sum"] == 0.0
+    assert stats["policy_loss"] == stats["policy_loss"]  # it did update

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from ..data.tokenize import tokenize_prompt
-from ..losses.logprobs import forward_completion
 from ..models.reference import Reference
 from ..rewards import RewardSet
 from ..rollout.sampling import PolicySampler, SamplingConfig

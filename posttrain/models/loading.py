@@ -86,7 +86,7 @@ def disable_dropout(model) -> None:
     float module attributes named like dropout rates, because attention copies the rate out of the
     config at construction and passes it to the attention function only while training (Llama and
     Qwen2's ``self.attention_dropout``, which no ``nn.Dropout`` holds); and the same fields of the
-    config and its sub-configs, which some models read at forward time (GPT-Neo, Persimmon). A
+    config and its sub-configs, which some models read at forward time (Persimmon's attention). A
     checkpoint saved afterwards therefore records the zero rates in its config.
     """
     model = getattr(model, "module", model)  # a DDP wrapper

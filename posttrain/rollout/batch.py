@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..data.collate import pad
-from ..losses.logprobs import forward_completion, model_inputs  # noqa: F401  (re-exported for the rollout sources)
 
 
 @dataclass

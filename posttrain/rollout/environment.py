@@ -40,7 +40,8 @@ import re
 import torch
 
 from ..rewards.base import RewardSet
-from .batch import Rollout, forward_completion, pad_with_attention
+from ..losses.logprobs import forward_completion
+from .batch import Rollout, pad_with_attention
 from .sampling import HFGenerate, SamplingConfig, completion_length
 
 CALL = re.compile(r"<call>\s*([A-Za-z_][\w.]*)\s*\((.*)\)\s*</call>\s*$", re.S)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from ..losses.logprobs import forward_completion
 from ..losses.rl import LOSS_TYPES, aggregate, clipped_policy_loss, group_advantages, grpo_kl
 from .online import OnlineTrainer
@@ -84,7 +82,7 @@ class GRPOTrainer(OnlineTrainer):
             # 3. advantages
             advantages = group_advantages(rewards, args.num_generations, args.scale_rewards)
             ref_logps = self.reference.completion_logps(self.model, rollout, temperature) if self.reference else None
-            self.record_generation(rollout, scored, rewards)
+            self.record_generation(rollout, scored, args.num_generations)
             # 4. update
             for window, window_rows in self.update_windows(len(rollout)):
                 num_items = self.accelerator.gather(rollout.completion_mask[window_rows].sum().reshape(1)).sum()
@@ -118,20 +116,3 @@ class GRPOTrainer(OnlineTrainer):
             self.record(kl=self.gather_token_mean(k3, mask), kl_sum=self.gather_mean((k3 * mask).sum(1)))
         self.record(loss=loss.detach(), **stats)
         return loss
-
-    def record_generation(self, rollout, scored, rewards) -> None:
-        groups = rewards.view(-1, self.args.num_generations)
-        self.record(reward=self.gather_mean(rewards), reward_std=self.gather_mean(_nanstd(groups)),
-                    dropped=float(self.accelerator.gather((rewards.isnan()).sum().reshape(1)).sum()),
-                    completion_length=self.gather_mean(rollout.completion_attention.sum(1).float()),
-                    truncated_prompts=rollout.truncated_prompts,
-                    **{f"rewards/{k}": self.gather_mean(v) for k, v in scored.per_function.items()})
-
-
-def _nanstd(groups: torch.Tensor) -> torch.Tensor:
-    """Each group's reward std over its scored samples (0: the group gives no learning signal)."""
-    valid = ~groups.isnan()
-    count = valid.sum(1).clamp(min=1)
-    mean = torch.where(valid, groups, 0).sum(1) / count
-    var = torch.where(valid, (groups - mean[:, None]) ** 2, 0).sum(1) / (count - 1).clamp(min=1)
-    return var.sqrt()

@@ -131,7 +131,7 @@ class OnlineTrainer:
         self.callback_handler = CallbackHandler(reporting + list(callbacks or []), self.model, self.tokenizer,
                                                 self.optimizer, self.lr_scheduler)
         self.callback_handler.add_callback(PrinterCallback if args.disable_tqdm else ProgressCallback)
-        self._metrics, self._save_due = defaultdict(list), False
+        self._metrics, self._save_due, self._step_stats = defaultdict(list), False, None
 
     # ---- callbacks, as on transformers.Trainer ----------------------------------------------------------
     def add_callback(self, callback):
@@ -199,6 +199,21 @@ class OnlineTrainer:
         return rewards(rollout.prompts, completions, completion_ids=rollout.completion_lists(),
                        trainer_state=self.state, precomputed=rollout.rewards or None, **rollout.columns)
 
+    def record_generation(self, rollout: Rollout, scored, group_size: int = 1) -> None:
+        """What every method logs of a generation: mean reward (and of each function), the reward spread
+        (within groups for the group methods), dropped samples, completion length, truncated prompts."""
+        rewards = scored.rewards.to(rollout.completion_ids.device)
+        groups = rewards.view(-1, group_size) if group_size > 1 else rewards.view(1, -1)
+        valid = ~groups.isnan()
+        count = valid.sum(1).clamp(min=1)
+        mean = torch.where(valid, groups, 0).sum(1) / count
+        std = (torch.where(valid, (groups - mean[:, None]) ** 2, 0).sum(1) / (count - 1).clamp(min=1)).sqrt()
+        self.record(reward=self.gather_mean(rewards), reward_std=self.gather_mean(std),
+                    dropped=float(self.accelerator.gather((~valid).sum().reshape(1)).sum()),
+                    completion_length=self.gather_mean(rollout.completion_attention.sum(1).float()),
+                    truncated_prompts=rollout.truncated_prompts,
+                    **{f"rewards/{k}": self.gather_mean(v) for k, v in scored.per_function.items()})
+
     # ---- the update: windows of micro-batches, one optimizer step each -------------------------------
     def update_windows(self, n_rows: int, stop_at_max_steps: bool = True):
         """``num_iterations`` passes over a generation's rows in a seeded shuffled order, cut into optimizer
@@ -214,6 +229,7 @@ class OnlineTrainer:
                 if stop_at_max_steps and self.state.global_step >= self.state.max_steps:
                     return
                 window = micro[s: s + args.gradient_accumulation_steps]
+                self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
                 yield window, torch.cat(window)
 
     def accumulating(self, is_last: bool):
@@ -223,7 +239,10 @@ class OnlineTrainer:
     def record(self, **values) -> None:
         """Metrics averaged over the logging window (NaN values skipped)."""
         for key, value in values.items():
-            self._metrics[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+            value = float(value.detach()) if torch.is_tensor(value) else float(value)
+            self._metrics[key].append(value)
+            if self._step_stats is not None:  # PPOTrainer.step: all it recorded, whatever a log drained meanwhile
+                self._step_stats[key].append(value)
 
     def gather_mean(self, values: torch.Tensor) -> float:
         """Mean over every process's values (NaNs, i.e. dropped samples, excluded)."""
@@ -246,7 +265,9 @@ class OnlineTrainer:
         """Clip, step the optimizer (and the learning-rate schedule), zero the gradients."""
         if self.args.max_grad_norm:
             self.record(grad_norm=self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm))
+        self.control = self.callback_handler.on_pre_optimizer_step(self.args, self.state, self.control)
         self.optimizer.step()
+        self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
         if schedule:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ TRL 1.16 has no PPO; the PPO-only settings keep the names of TRL 0.11's value-he
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +72,7 @@ class PPOTrainer(OnlineTrainer):
         args = args or PPOConfig()
         self.kl_ctl = kl_controller(args.init_kl_coef, args.target_kl, args.kl_horizon)
         self.score_moments = RunningMoments()
+        self.generations = 0  # generations done: early_stop_kl can end one before its optimizer steps
         if not hasattr(model, "v_head"):
             wrapper = AutoModelForSeq2SeqLMWithValueHead if is_encoder_decoder(model) else AutoModelForCausalLMWithValueHead
             name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "")
@@ -85,20 +87,22 @@ class PPOTrainer(OnlineTrainer):
         if method_state:
             self.kl_ctl.load_state_dict(method_state["kl_ctl"])
             self.score_moments.load_state_dict(method_state["score_moments"])
+            self.generations = method_state.get("generations", OnlineTrainer.generation_index(self))
         while not self.training_finished():
             # 1. sample one completion per prompt (log-probs and values come from update's own forward)
             rollout = self.sample(self.next_prompts(), with_logprobs=False)
             # 2. score; samples no reward function scores are dropped
             scored = self.score(rollout)
             valid = scored.valid.to(rollout.completion_ids.device)
-            self.record(reward=self.gather_mean(scored.rewards), truncated_prompts=rollout.truncated_prompts,
-                        dropped=float(self.accelerator.gather((~valid).sum().reshape(1)).sum()),
-                        **{f"rewards/{k}": self.gather_mean(v) for k, v in scored.per_function.items()})
+            self.record_generation(rollout, scored)
             # 3-4. rewards with the KL penalty, advantages, PPO epochs
-            self.update(rollout.select(valid), scored.rewards.to(valid.device)[valid])
+            if valid.any():  # a generation whose samples were all dropped has nothing to learn from
+                self.update(rollout.select(valid), scored.rewards.to(valid.device)[valid])
+            self.generations += 1
             # 5. checkpoint (logging and evaluation happen at each optimizer step)
             if self.checkpoint_due():
-                self.save_checkpoint({"kl_ctl": self.kl_ctl.state_dict(), "score_moments": self.score_moments.state_dict()})
+                self.save_checkpoint({"kl_ctl": self.kl_ctl.state_dict(), "score_moments": self.score_moments.state_dict(),
+                                      "generations": self.generations})
         return self.end_training()
 
     def step(self, queries: list, responses: list, scores) -> dict:
@@ -116,10 +120,20 @@ class PPOTrainer(OnlineTrainer):
         scores = torch.as_tensor([float(s) for s in scores], dtype=torch.float32, device=device)
         self.model.train()
         self._metrics.clear()
-        self.update(rollout, scores, stop_at_max_steps=False)
-        stats = {k: sum(v) / len(v) for k, v in self._metrics.items() if v}
+        self._step_stats = defaultdict(list)  # a log due at one of the optimizer steps drains _metrics
+        try:
+            self.update(rollout, scores, stop_at_max_steps=False)
+            self.generations += 1
+            stats = {k: sum(v) / len(v) for k, v in self._step_stats.items() if v}
+        finally:
+            self._step_stats = None
         self._metrics.clear()
         return stats
+
+    def generation_index(self) -> int:
+        """Generations done (prompt batch and update order): not global_step // steps per generation, since
+        early_stop_kl ends a generation early and that would sample the same prompts again."""
+        return self.generations
 
     def update(self, rollout: Rollout, scores: torch.Tensor, stop_at_max_steps: bool = True) -> None:
         args, temperature = self.args, self.args.temperature or 1.0
@@ -140,7 +154,6 @@ class PPOTrainer(OnlineTrainer):
         kl_sum = self.gather_mean(kl.sum(1))
         self.record(kl=self.gather_token_mean(kl, mask), kl_sum=kl_sum, kl_coef=self.kl_ctl.value,
                     score=self.gather_mean(scores), non_score_reward=self.gather_mean(-self.kl_ctl.value * kl.sum(1)),
-                    completion_length=self.gather_mean(mask.sum(1)),
                     returns=self.gather_mean(masked_mean(returns, mask, dim=1)))
         moved = []
         for window, window_rows in self.update_windows(len(rollout), stop_at_max_steps):

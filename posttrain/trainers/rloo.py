@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from ..losses.logprobs import forward_completion
 from ..losses.rl import leave_one_out_advantages, rloo_sequence_loss
-from .grpo import _nanstd
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
 
@@ -76,12 +75,7 @@ class RLOOTrainer(OnlineTrainer):
             # 3. advantages: leave-one-out baselines (a dropped sample gets 0 and carries no loss)
             advantages = leave_one_out_advantages(penalised, args.num_generations, args.normalize_advantages)
             rollout.completion_mask = mask * valid[:, None]
-            self.record(reward=self.gather_mean(rewards),
-                        reward_std=self.gather_mean(_nanstd(rewards.view(-1, args.num_generations))),
-                        dropped=float(self.accelerator.gather((~valid).sum().reshape(1)).sum()),
-                        completion_length=self.gather_mean(rollout.completion_attention.sum(1).float()),
-                        truncated_prompts=rollout.truncated_prompts,
-                        **{f"rewards/{k}": self.gather_mean(v) for k, v in scored.per_function.items()})
+            self.record_generation(rollout, scored, args.num_generations)
             # 4. update: a mean over completions, so each micro-batch weighs its share of the window's rows
             for window, window_rows in self.update_windows(len(rollout)):
                 for j, rows in enumerate(window):
