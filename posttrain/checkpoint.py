@@ -28,9 +28,10 @@ def checkpoint_name(step: int) -> str:
 
 @contextlib.contextmanager
 def atomic_checkpoint(accelerator, run_dir: str, name: str, save_total_limit: int | None = None,
-                      best_model_checkpoint: str | None = None):
+                      best_model_checkpoint=None):
     """Yield the staging directory to write checkpoint ``name`` into; on exit, once every process has
-    written, move it to ``run_dir/name`` and keep only the newest ``save_total_limit`` checkpoints."""
+    written, move it to ``run_dir/name`` and keep only the newest ``save_total_limit`` checkpoints (and
+    the best one: ``best_model_checkpoint``, a path or a function returning it, read after writing)."""
     staging = os.path.join(run_dir, STAGING_DIR, name)
     final = os.path.join(run_dir, name)
     accelerator.wait_for_everyone()
@@ -46,8 +47,9 @@ def atomic_checkpoint(accelerator, run_dir: str, name: str, save_total_limit: in
         os.replace(staging, final)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(staging))  # only when empty
+        best = best_model_checkpoint() if callable(best_model_checkpoint) else best_model_checkpoint
         rotate_checkpoints(output_dir=run_dir, save_total_limit=save_total_limit,
-                           best_model_checkpoint=best_model_checkpoint, use_mtime=False)
+                           best_model_checkpoint=final if best == staging else best, use_mtime=False)
     accelerator.wait_for_everyone()
 
 

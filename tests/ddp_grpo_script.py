@@ -34,7 +34,8 @@ class RecordRows(TrainerCallback):
 # 4 prompts x 4 generations = 16 completions per process per step; one optimizer step per generation
 args = GRPOConfig(output_dir=out_dir, max_steps=3, per_device_train_batch_size=16, num_generations=4,
                   max_completion_length=4, learning_rate=1e-3, disable_tqdm=True, seed=0, logging_steps=1,
-                  save_strategy="no", lr_scheduler_type="constant", report_to="none")
+                  save_strategy="no", lr_scheduler_type="constant", report_to="none",
+                  use_cpu=True)  # as in ddp_sft_script.py: without it, TrainingArguments sets up a 1-process state on CPU
 rows = toy.arithmetic_problems(32, seed=0)
 trainer = GRPOTrainer("tiny:llama", digits, args=args, train_dataset=rows, callbacks=[RecordRows()])
 trainer.train()

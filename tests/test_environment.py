@@ -465,22 +465,30 @@ def test_unbound_environment_raises_a_clear_error(model, tok):
         env(model, [tok("2+3=")["input_ids"]], ["2+3="])
 
 
+def alternate(completions, **kwargs):
+    """1, 0, 1, 0, ...: each group of 2 consecutive episodes gets one of each, whatever was sampled."""
+    return [float(i % 2 == 0) for i in range(len(completions))]
+
+
 def test_grpo_trains_with_the_environment(tmp_path):
-    env = TextEnvironment([calculator], header="", max_turns=2, max_tokens=24)
-    args = GRPOConfig(max_steps=2, per_device_batch_size=4, num_generations=2, max_new_tokens=8, disable_tqdm=True,
-                      output_dir=str(tmp_path), learning_rate=1e-3)
-    trainer = GRPOTrainer("tiny:llama", args, train_dataset=toy.tool_problems(8), reward_funcs=["final_answer"],
+    # The environment scores its own episodes (alternate), so every group has a reward spread by
+    # construction and the update cannot be zero; final_answer is logged but weighs 0.
+    env = TextEnvironment([calculator], header="", max_turns=2, max_tokens=24, reward_funcs=alternate)
+    args = GRPOConfig(max_steps=2, per_device_train_batch_size=8, num_generations=2, max_completion_length=8,
+                      disable_tqdm=True, output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.0,
+                      reward_weights=[0.0], logging_steps=1, save_strategy="no", seed=0)
+    trainer = GRPOTrainer("tiny:llama", ["final_answer"], args=args, train_dataset=toy.tool_problems(8),
                           rollout_source=env)
     assert trainer.sampler is env and env.tokenizer is trainer.tokenizer and env.sampling.max_new_tokens == 8
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    history = trainer.train()
+    trainer.train()
+    history = trainer.state.log_history
     assert [h["step"] for h in history] == [1, 2]
     for entry in history:
-        assert 0.0 <= entry["reward"] <= 1.0 and "rewards/final_answer" in entry
+        assert entry["reward"] == 0.5 and entry["rewards/alternate"] == 0.5 and "rewards/final_answer" in entry
+        assert entry["reward_std"] > 0
         assert 0 < entry["completion_length"] <= 24
-    assert (tmp_path / "log.jsonl").exists()
-    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.model.parameters())) or \
-        all(h["reward_std"] == 0 for h in history)  # zero-variance groups give no gradient
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.model.parameters()))
 
 
 class SolvesWithTheTool:
@@ -503,16 +511,17 @@ class SolvesWithTheTool:
 def test_grpo_step_with_tool_output_in_the_rollouts(tmp_path):
     env = TextEnvironment([calculator], header="", max_turns=2, max_tokens=64)
     env.backend = SolvesWithTheTool()
-    args = GRPOConfig(max_steps=1, per_device_batch_size=4, num_generations=2, max_new_tokens=32, disable_tqdm=True,
-                      output_dir=str(tmp_path))
-    trainer = GRPOTrainer("tiny:llama", args, train_dataset=toy.tool_problems(8), reward_funcs=["final_answer"],
+    args = GRPOConfig(max_steps=1, per_device_train_batch_size=8, num_generations=2, max_completion_length=32,
+                      disable_tqdm=True, output_dir=str(tmp_path), logging_steps=1, save_strategy="no")
+    trainer = GRPOTrainer("tiny:llama", ["final_answer"], args=args, train_dataset=toy.tool_problems(8),
                           rollout_source=env)
-    rollout = trainer.sample(trainer.batch_indices(0), repeats=2)
+    rollout = trainer.sample(trainer.next_prompts(), repeats=2)
     assert (rollout.completion_mask.sum(1) < rollout.completion_attention.sum(1)).all()  # tool tokens, mask 0
     texts = trainer.tokenizer.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
     assert all(t.startswith("<call>calculator(") and "<result>" in t for t in texts)
     assert trainer.score(rollout).rewards.tolist() == [1.0] * len(texts)
-    (entry,) = trainer.train()
+    trainer.train()
+    (entry,) = trainer.state.log_history
     assert entry["reward"] == 1.0 and math.isfinite(entry["loss"])
 
 
@@ -520,9 +529,11 @@ def test_ppo_step_with_tool_output_in_the_rollouts(tmp_path):
     """PPO in an environment: the score lands on the last generated token, GAE skips the tool output."""
     env = TextEnvironment([calculator], header="", max_turns=2, max_tokens=64)
     env.backend = SolvesWithTheTool()
-    args = PPOConfig(max_steps=1, per_device_batch_size=4, mini_batch_size=2, max_new_tokens=32, disable_tqdm=True,
-                     output_dir=str(tmp_path))
-    trainer = PPOTrainer("tiny:llama", args, train_dataset=toy.tool_problems(8), reward_funcs=["final_answer"],
+    # one generation of 4 episodes, 2 micro-batches of 2, 4 epochs: 8 optimizer steps
+    args = PPOConfig(max_steps=8, per_device_train_batch_size=2, steps_per_generation=2, max_completion_length=32,
+                     disable_tqdm=True, output_dir=str(tmp_path), logging_steps=8, save_strategy="no")
+    trainer = PPOTrainer("tiny:llama", ["final_answer"], args=args, train_dataset=toy.tool_problems(8),
                          rollout_source=env)
-    (entry,) = trainer.train()
+    trainer.train()
+    (entry,) = trainer.state.log_history
     assert entry["reward"] == 1.0 and math.isfinite(entry["value_loss"]) and math.isfinite(entry["policy_loss"])

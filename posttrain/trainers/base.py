@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections import defaultdict
 
@@ -15,11 +14,11 @@ import transformers
 
 from .. import __version__
 from ..card import final_metrics, write_model_card
+from ..checkpoint import atomic_checkpoint, checkpoint_name
 from ..data.formats import load_rows, validate
 from ..data.tokenize import TOKENIZATION_VERSION, check_tokenizer
 from ..models.loading import disable_dropout, load_model, load_tokenizer
 
-STAGING_DIR = ".staging"  # hidden: get_last_checkpoint only picks up checkpoint-<n> in output_dir
 
 
 class PostTrainer(transformers.Trainer):
@@ -118,32 +117,19 @@ class PostTrainer(transformers.Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         """Let transformers write the whole checkpoint into a staging directory, then rename it into
-        place: a run killed mid-save leaves no ``checkpoint-<n>`` that resume would pick up."""
+        place (``posttrain.checkpoint``): a run killed mid-save leaves no ``checkpoint-<n>`` that resume
+        would pick up."""
         run_dir = super()._get_output_dir(trial)
-        name = f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging = os.path.join(run_dir, STAGING_DIR)
-        if self.args.should_save and os.path.isdir(os.path.join(staging, name)):
-            shutil.rmtree(os.path.join(staging, name))  # debris of an earlier killed save
-        self.accelerator.wait_for_everyone()
-        self._staging_run_dir = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_run_dir = None
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
-            if not os.listdir(staging):
-                os.rmdir(staging)
-            if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
-                self.state.best_model_checkpoint = final
-            transformers.trainer_utils.rotate_checkpoints(
-                output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
-        self.accelerator.wait_for_everyone()
+        name = checkpoint_name(self.state.global_step)
+        best = lambda: self.state.best_model_checkpoint  # noqa: E731  (set while transformers saves)
+        with atomic_checkpoint(self.accelerator, run_dir, name, self.args.save_total_limit, best) as staging:
+            self._staging_run_dir = os.path.dirname(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_run_dir = None
+        if self.state.best_model_checkpoint == staging:
+            self.state.best_model_checkpoint = os.path.join(run_dir, name)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         output_dir = output_dir or self.args.output_dir

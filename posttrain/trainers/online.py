@@ -226,7 +226,8 @@ class OnlineTrainer:
             order = torch.randperm(n_rows, generator=generator)
             micro = list(order.split(micro_size))
             for s in range(0, len(micro), args.gradient_accumulation_steps):
-                if stop_at_max_steps and self.state.global_step >= self.state.max_steps:
+                if stop_at_max_steps and (self.state.global_step >= self.state.max_steps
+                                          or self.control.should_training_stop):  # e.g. set by a callback
                     return
                 window = micro[s: s + args.gradient_accumulation_steps]
                 self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
