@@ -11,7 +11,8 @@ sentiment grows its own data and fine-tunes on the most positive samples, with r
 
 The same from the command line (after the SFT):
     posttrain rest --model runs/rest-example/sft --dataset examples/data/review_prompts.jsonl \\
-        --reward sentiment --eval_fraction 0.2 --grow_steps 2 --improve_steps 3 --max_new_tokens 16
+        --reward_funcs sentiment --eval_fraction 0.2 --grow_steps 2 --improve_steps 3 --num_generations 4 \\
+        --max_completion_length 16 --per_device_train_batch_size 16 --steps_per_generation 8
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from posttrain.data import toy
 
 
 def run(output_dir: str = "runs/rest-example", seed: int = 42, **rest_settings) -> ReSTTrainer:
-    """SFT, then ReST; returns the trained ReSTTrainer (``.log_history``, ``.table()``)."""
+    """SFT, then ReST; returns the trained ReSTTrainer (``.state.log_history``, ``.table()``)."""
     prompts = sorted({r["prompt"] for r in toy.review_prompts(3000, seed=0)})  # 180 distinct openings
     random.Random(0).shuffle(prompts)
     train, held_out = [{"prompt": p} for p in prompts[:140]], [{"prompt": p} for p in prompts[140:]] * 2
@@ -37,11 +38,14 @@ def run(output_dir: str = "runs/rest-example", seed: int = 42, **rest_settings) 
     sft.train()
     sft.save_model(sft_dir)
 
-    settings = dict(output_dir=os.path.join(output_dir, "rest"), grow_steps=2, improve_steps=3, samples_per_prompt=4,
-                    max_new_tokens=16, learning_rate=1e-4, per_device_batch_size=32, num_epochs=2, save_steps=1,
-                    seed=seed)
-    rest = ReSTTrainer(load_model(sft_dir), ReSTConfig(**{**settings, **rest_settings}), train_dataset=train,
-                       eval_dataset=held_out, reward_funcs=["sentiment"])
+    # Improve: optimizer steps of 16 kept samples, 2 passes; Grow: 32 prompts x 4 samples per batch (16 x 8);
+    # held-out evaluation in chunks of 32 prompts. A checkpoint after every phase (a ReST step is a phase).
+    settings = dict(output_dir=os.path.join(output_dir, "rest"), grow_steps=2, improve_steps=3, num_generations=4,
+                    max_completion_length=16, learning_rate=1e-4, per_device_train_batch_size=16,
+                    steps_per_generation=8, per_device_eval_batch_size=32, num_iterations=2, save_strategy="steps",
+                    save_steps=1, report_to="none", seed=seed)
+    rest = ReSTTrainer(load_model(sft_dir), ["sentiment"], args=ReSTConfig(**{**settings, **rest_settings}),
+                       train_dataset=train, eval_dataset=held_out)
     rest.start_reward = rest.evaluate(held_out)["eval_reward"]
     rest.train()
     rest.save_model()

@@ -11,17 +11,30 @@ cannot do in its head -- by calling the calculator.
 
 The same RL step from the command line (after the SFT):
     posttrain grpo --model runs/tool-use/sft --dataset problems.jsonl --env calculator \\
-        --reward final_answer --num_generations 8 --max_new_tokens 24 --temperature 0.7
+        --reward_funcs final_answer --num_generations 8 --per_device_train_batch_size 64 \\
+        --max_completion_length 24 --temperature 0.7
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from posttrain import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer, load_model
 from posttrain.data import toy
+from posttrain.eval.policy import evaluate_policy
 from posttrain.rollout.environment import calculator_environment
+
+
+def greedy_accuracy(grpo: GRPOTrainer, rows: list[dict]) -> float:
+    """Mean reward of greedy episodes on ``rows``: the calculator environment at temperature 0, evaluated as
+    ``grpo.evaluate`` does (same seed and chunks)."""
+    env = calculator_environment().bind(grpo.tokenizer, dataclasses.replace(grpo.args.sampling(), temperature=0),
+                                        max_prompt_length=grpo.args.max_prompt_length)
+    return evaluate_policy(grpo.model, grpo.tokenizer, [r["prompt"] for r in rows], grpo.rewards,
+                           columns={"answer": [r["answer"] for r in rows]}, sampler=env, seed=grpo.args.seed + 1,
+                           batch_size=grpo.args.per_device_eval_batch_size, trainer_state=grpo.state)["reward"]
 
 
 def run(output_dir: str = "runs/tool-use", sft_steps: int = 150, grpo_steps: int = 60, seed: int = 42) -> dict:
@@ -44,20 +57,22 @@ def run(output_dir: str = "runs/tool-use", sft_steps: int = 150, grpo_steps: int
     sft.train()
     sft.save_model(sft_dir)
 
-    grpo = GRPOTrainer(load_model(sft_dir), GRPOConfig(
-        output_dir=os.path.join(output_dir, "grpo"), max_steps=grpo_steps, per_device_batch_size=8,
-        num_generations=8, max_new_tokens=24, temperature=0.7, learning_rate=5e-4, logging_steps=5, seed=seed),
-        train_dataset=train, reward_funcs=["final_answer"], rollout_source=calculator_environment())
+    # Each GRPO step: 8 prompts x 8 episodes (one micro-batch of 64), one optimizer step; a constant learning rate.
+    grpo = GRPOTrainer(load_model(sft_dir), ["final_answer"], args=GRPOConfig(
+        output_dir=os.path.join(output_dir, "grpo"), max_steps=grpo_steps, per_device_train_batch_size=8 * 8,
+        num_generations=8, max_completion_length=24, temperature=0.7, learning_rate=5e-4,
+        lr_scheduler_type="constant", logging_steps=5, per_device_eval_batch_size=8, save_strategy="no",
+        report_to="none", seed=seed),
+        train_dataset=train, rollout_source=calculator_environment())
     results = {"held_out": len(held_out)}
-    results["before"] = {"sampled": grpo.evaluate(held_out)["eval_reward"],
-                         "greedy": grpo.evaluate(held_out, temperature=0)["eval_reward"]}
+    results["before"] = {"sampled": grpo.evaluate(held_out)["eval_reward"], "greedy": greedy_accuracy(grpo, held_out)}
     grpo.train()
     grpo.save_model()
-    results["after"] = {"sampled": grpo.evaluate(held_out)["eval_reward"],
-                        "greedy": grpo.evaluate(held_out, temperature=0)["eval_reward"]}
-    results["curve"] = [e["reward"] for e in grpo.log_history]
+    results["after"] = {"sampled": grpo.evaluate(held_out)["eval_reward"], "greedy": greedy_accuracy(grpo, held_out)}
+    results["curve"] = [e["reward"] for e in grpo.state.log_history if "reward" in e]  # not the eval_ entries
     sample = grpo.sample([0], with_logprobs=False)
-    results["example"] = grpo.prompts[0] + grpo.tokenizer.decode(sample.completion_lists()[0], skip_special_tokens=True)
+    results["example"] = (grpo.train_prompts.values[0]
+                          + grpo.tokenizer.decode(sample.completion_lists()[0], skip_special_tokens=True))
     return results
 
 
@@ -72,7 +87,7 @@ def main() -> None:
     print(f"held-out accuracy on {r['held_out']} unseen multiplications (temperature 0.7 / greedy): "
           f"{r['before']['sampled']:.3f} / {r['before']['greedy']:.3f} after SFT -> "
           f"{r['after']['sampled']:.3f} / {r['after']['greedy']:.3f} after GRPO with the calculator")
-    print("train reward every 5 steps:", " ".join(f"{v:.2f}" for v in r["curve"]))
+    print("train reward, mean of every 5 steps:", " ".join(f"{v:.2f}" for v in r["curve"]))
     print("example episode:", r["example"])
 
 

@@ -41,6 +41,7 @@ STAGES = ("pretrain", "sft", "reward", "ppo", "dpo", "report")
 NEEDS = {"sft": ("pretrain",), "reward": ("sft",), "ppo": ("sft", "reward"), "dpo": ("sft", "reward"),
          "report": ("sft", "reward")}
 STEPS = {"pretrain": 400, "sft": 150, "reward": 150, "ppo": 40, "dpo": 120}  # optimizer steps per stage
+PPO_OPTIMIZER_STEPS = 8  # per PPO step of the demo: a generation of 16 rollouts, 4 epochs x 2 micro-batches
 LEARNING_RATES = {"pretrain": 1e-3, "sft": 5e-4, "reward": 5e-4, "ppo": 1e-4, "dpo": 1e-4}
 EVAL_PROMPTS = toy.held_out_openings(40)
 MAX_NEW_TOKENS = 24
@@ -89,8 +90,9 @@ class FrontierProbe(TrainerCallback):
     A ``TrainerCallback``, for DPO and PPO alike. Evaluation sampling
     runs under its own seed and leaves the training RNG alone, so probing does not change training."""
 
-    def __init__(self, demo: "Demo", every: int):
-        self.demo, self.every, self.points = demo, every, []
+    def __init__(self, demo: "Demo", every: int, unit: int = 1):
+        # unit: optimizer steps per reported step (PPO reports generations: 8 optimizer steps each)
+        self.demo, self.every, self.unit, self.points = demo, every, unit, []
 
     def probe(self, step: int, model, tokenizer) -> None:
         if step % self.every == 0:
@@ -98,8 +100,8 @@ class FrontierProbe(TrainerCallback):
             self.points.append({"step": step, **{k: result[k] for k in ("rm_score", "sentiment", "kl", "length")}})
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if state.global_step < state.max_steps:  # the final model is evaluated after saving
-            self.probe(state.global_step, getattr(model, "module", model), processing_class)
+        if state.global_step < state.max_steps and state.global_step % self.unit == 0:  # final: after saving
+            self.probe(state.global_step // self.unit, getattr(model, "module", model), processing_class)
 
 
 class Demo:
@@ -199,7 +201,7 @@ class Demo:
             # Completions of at most 16 tokens: SFT continuations end after ~11, a longer budget invites run-ons.
             # A fixed KL weight (no adaptive target). Each PPO step (a generation of 16 rollouts) is 8 optimizer
             # steps (4 epochs x 2 micro-batches of 8); warm-up for a quarter of the run.
-            steps = self.steps("ppo") * 8
+            steps = self.steps("ppo") * PPO_OPTIMIZER_STEPS
             ppo = PPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=8, steps_per_generation=2,
                             num_iterations=4, max_completion_length=16, learning_rate=LEARNING_RATES["ppo"],
                             init_kl_coef=kl_coef, target_kl=None, lr_scheduler_type="cosine", warmup_steps=steps // 4,
@@ -223,10 +225,12 @@ class Demo:
         for value in values:
             label, out = f"{name}={value:g}", self.path(method, f"{name}-{value:g}")
             config = make_config(value, out)
-            probe = FrontierProbe(self, max(config.max_steps // PROBES, 1))
+            unit = PPO_OPTIMIZER_STEPS if method == "ppo" else 1
+            steps = config.max_steps // unit
+            probe = FrontierProbe(self, max(steps // PROBES, 1), unit)
             _, history, _ = self.train(method, self.path("sft"), dataset, config, callbacks=[probe])
             final = self.evaluate(f"{method} {label}", method, out, label, main=value == values[len(values) // 2])
-            path = [*probe.points, {"step": config.max_steps, **{k: final[k] for k in ("rm_score", "sentiment",
+            path = [*probe.points, {"step": steps, **{k: final[k] for k in ("rm_score", "sentiment",
                                                                                           "kl", "length")}}]
             evaluations.append(final)
             runs.append({"label": label, "setting": {name: value}, "dir": os.path.relpath(out, self.out),

@@ -14,12 +14,12 @@ from posttrain.rollout.sampling import PolicySampler
 PROMPTS = toy.held_out_openings(7)
 
 
-def prompt_length(prompts, completions):
+def prompt_length(prompts, completions, **kwargs):
     """A reward that depends on the prompt and the completion, so a sample given another row's value shows."""
     return [len(p) + len(c) / 1000 for p, c in zip(prompts, completions)]
 
 
-def completion_chars(prompts, completions):
+def completion_chars(prompts, completions, **kwargs):
     return [float(len(c)) for c in completions]
 
 
@@ -53,9 +53,11 @@ def completion_logps(model, prompt: list[int], completion: list[int]) -> torch.T
 # ---- evaluate_policy -------------------------------------------------------------------------------
 
 def test_kl_to_itself_is_zero_and_to_another_model_positive(policy, other, tok):
-    assert evaluate(policy, tok, reference=policy)["kl"] == pytest.approx(0.0, abs=1e-5)
-    assert evaluate(policy, tok, reference=other)["kl"] > 0.05
-    assert "kl" not in evaluate(policy, tok)  # no reference, no KL
+    itself = evaluate(policy, tok, reference=policy)
+    assert itself["kl"] == pytest.approx(0.0, abs=1e-5) and itself["kl_sum"] == pytest.approx(0.0, abs=1e-5)
+    another = evaluate(policy, tok, reference=other)
+    assert another["kl_sum"] > 0.05 and another["kl"] > 0.05 / 8  # completions of at most 8 tokens
+    assert not {"kl", "kl_sum"} & set(evaluate(policy, tok))  # no reference, no KL
 
 
 @pytest.mark.parametrize("batch_size", [3, 32])
@@ -85,7 +87,8 @@ def test_kl_equals_a_from_scratch_computation_on_the_sampled_completions(policy,
             assert result["samples"][rows]["completion"] == tok.decode(completion, skip_special_tokens=True)
             rows += 1
     assert rows == len(PROMPTS)
-    assert result["kl"] == pytest.approx(sum(kls) / len(kls), abs=1e-4)
+    assert result["kl_sum"] == pytest.approx(sum(kls) / len(kls), abs=1e-4)  # nats per completion
+    assert result["kl"] == pytest.approx(sum(kls) / sum(lengths), abs=1e-5)  # per token
     assert result["length"] == pytest.approx(sum(lengths) / len(lengths))
 
 
@@ -107,10 +110,11 @@ def test_one_sample_per_prompt_in_order_with_each_rewards_value(policy, tok, bat
     samples = result["samples"]
     assert [s["prompt"] for s in samples] == PROMPTS
     for s in samples:
-        assert set(s) == {"prompt", "completion", *REWARDS}
+        assert set(s) == {"prompt", "completion", "reward", *REWARDS}
         for name, fn in REWARDS.items():
-            assert s[name] == fn([s["prompt"]], [s["completion"]])[0]
-    for name in REWARDS:
+            assert s[name] == pytest.approx(fn([s["prompt"]], [s["completion"]])[0])  # float32, as in training
+        assert s["reward"] == pytest.approx(sum(s[name] for name in REWARDS))  # the weighted sum (weights 1)
+    for name in [*REWARDS, "reward"]:
         assert result[name] == pytest.approx(sum(s[name] for s in samples) / len(samples))
     assert len({s["completion"] for s in samples}) > 1
 
@@ -153,17 +157,18 @@ def assert_same_weights(a: dict, b: dict):
         assert torch.equal(a[name], b[name]), name
 
 
-def check_probe_leaves_training_alone(run):
+def check_probe_leaves_training_alone(run, every: int = 2, steps=(2,)):
     """``run(name, callbacks) -> (start weights, end weights)``: training moves the weights, a probe every
-    2 of 4 steps records one point and the probed run ends with the unprobed run's exact weights."""
+    ``every`` optimizer steps records a point at each of ``steps`` (by default: every 2 of 4 steps, one
+    point) and the probed run ends with the unprobed run's exact weights."""
     from posttrain.demo import FrontierProbe
 
-    probe = FrontierProbe(FakeDemo(), every=2)
+    probe = FrontierProbe(FakeDemo(), every=every)
     start, plain = run("plain", None)
     _, probed = run("probed", [probe])
     assert any(not torch.equal(start[n], plain[n]) for n in start)  # training moved the weights
     assert_same_weights(plain, probed)
-    check_probe_points(probe, [2])
+    check_probe_points(probe, list(steps))
 
 
 def check_probe_points(probe, steps):
@@ -178,15 +183,20 @@ def test_frontier_probe_does_not_change_ppo_training(tmp_path):
     from posttrain.trainers import PPOConfig, PPOTrainer
 
     def run(name, callbacks):
-        args = PPOConfig(output_dir=str(tmp_path / name), max_steps=4, per_device_batch_size=4, max_new_tokens=8,
-                         learning_rate=1e-3, disable_tqdm=True, seed=0)
-        trainer = PPOTrainer("tiny:llama", args, train_dataset=toy.review_prompts(8, seed=3),
-                             reward_funcs=["sentiment"], callbacks=callbacks)
+        # 4 generations of 4 prompts, 4 PPO epochs each (num_iterations' default): 16 optimizer steps
+        args = PPOConfig(output_dir=str(tmp_path / name), max_steps=16, per_device_train_batch_size=4,
+                         max_completion_length=8, learning_rate=1e-3, disable_tqdm=True, seed=0, logging_steps=1,
+                         lr_scheduler_type="constant", save_strategy="no", report_to="none")
+        trainer = PPOTrainer("tiny:llama", ["sentiment"], args=args, train_dataset=toy.review_prompts(8, seed=3),
+                             callbacks=callbacks)
         start = weights(trainer.model)
         trainer.train()
+        assert trainer.state.global_step == 16
         return start, weights(trainer.model)
 
-    check_probe_leaves_training_alone(run)
+    # The probe is a TrainerCallback called after every optimizer step: every 6 probes once inside a generation
+    # (step 6: the second generation's second epoch) and once at a generation's end (step 12).
+    check_probe_leaves_training_alone(run, every=6, steps=(6, 12))
 
 
 def test_frontier_probe_does_not_change_dpo_training(tmp_path):
@@ -253,7 +263,7 @@ def test_appending_a_card_section_twice_replaces_it(tmp_path):
 
 @pytest.mark.parametrize("bar_only", [True, False])
 def test_bar_only_prints_no_log_entries(tmp_path, capsys, bar_only):
-    from posttrain.cli import run_training
+    from posttrain.run import run_training
     from posttrain.config import DataArguments, ModelArguments
     from posttrain.trainers import SFTConfig
 

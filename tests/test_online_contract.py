@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from posttrain import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RLOOConfig, RLOOTrainer
 from posttrain.data import toy
-from posttrain.rollout import PolicySampler
+from posttrain.rollout import HFGenerate, PolicySampler
 
 ONLINE = {"grpo": (GRPOTrainer, GRPOConfig), "rloo": (RLOOTrainer, RLOOConfig), "ppo": (PPOTrainer, PPOConfig)}
 
@@ -44,11 +44,21 @@ def params(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
 
 
-class Capture(PolicySampler):
-    """The default sampler, keeping every rollout it returns."""
+class EosSometimes(HFGenerate):
+    """transformers' generate, then an eos as the 3rd token of every 3rd row (a completion that ends early,
+    whose text must not show the special token)."""
 
-    def __init__(self, trainer_args, tokenizer):
-        super().__init__(tokenizer, trainer_args.sampling())
+    def generate(self, model, prompt_ids, prompt_attention, sampling, tokenizer):
+        out = super().generate(model, prompt_ids, prompt_attention, sampling, tokenizer)
+        out[::3, 2] = tokenizer.eos_token_id
+        return out
+
+
+class Capture(PolicySampler):
+    """The default sampler (or ``backend``), keeping every rollout it returns."""
+
+    def __init__(self, trainer_args, tokenizer, backend=None):
+        super().__init__(tokenizer, trainer_args.sampling(), backend=backend)
         self.rollouts = []
 
     def __call__(self, *args, **kwargs):
@@ -232,12 +242,14 @@ def test_reward_functions_get_the_sampled_completions_and_their_prompts(tmp_path
     args = config(config_cls, tmp_path)
     group = getattr(args, "num_generations", 1)
     trainer = trainer_cls("tiny:llama", [f, g], args=args, train_dataset=data)
-    sampler = trainer.sampler = Capture(args, trainer.tokenizer)
+    sampler = trainer.sampler = Capture(args, trainer.tokenizer, backend=EosSometimes())
     trainer.train()
     assert len(calls["f"]) == len(calls["g"]) == len(sampler.rollouts) == 2
     tok = trainer.tokenizer
     for got_f, got_g, rollout in zip(calls["f"], calls["g"], sampler.rollouts):
+        assert rollout.completion_attention[0].sum() == 3 and rollout.completion_ids[0, 2] == tok.eos_token_id
         sampled = tok.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
+        assert tok.eos_token not in sampled[0]
         assert got_f["completion_ids"] == got_g["completion_ids"] == rollout.completion_lists()
         assert tok.batch_decode(got_f["completion_ids"], skip_special_tokens=True) == sampled
         expected = [[{"role": "assistant", "content": t}] for t in sampled] if conversational else sampled

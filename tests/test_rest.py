@@ -31,15 +31,18 @@ def example(tmp_path_factory):
 
 
 def config(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), grow_steps=2, improve_steps=3, samples_per_prompt=4, max_new_tokens=16,
-                learning_rate=1e-4, per_device_batch_size=32, num_epochs=2, save_steps=1, save_total_limit=None,
-                disable_tqdm=True)
+    """The example's settings (Improve: optimizer steps of 16 samples, 2 passes; Grow: 32 prompts x num_generations
+    per batch), the old defaults the test relied on (seed 0), and a checkpoint after every phase."""
+    base = dict(output_dir=str(tmp_path), grow_steps=2, improve_steps=3, num_generations=4, max_completion_length=16,
+                learning_rate=1e-4, per_device_train_batch_size=16, steps_per_generation=8,
+                per_device_eval_batch_size=32, num_iterations=2, save_strategy="steps", save_steps=1,
+                save_total_limit=None, seed=0, report_to="none", disable_tqdm=True)
     return ReSTConfig(**{**base, **kw})
 
 
 def test_rest_raises_sentiment_step_by_step(example):
     out, trainer = example
-    log = trainer.log_history
+    log = [e for e in trainer.state.log_history if "improve" in e]  # the phases (not the evaluation before)
     print(f"\nReST on held-out review openings (VADER; the SFT model scores {trainer.start_reward:+.4f}):\n"
           f"{trainer.table()}")
     grows = [e for e in log if e["improve"] < 0]
@@ -53,17 +56,18 @@ def test_rest_raises_sentiment_step_by_step(example):
     assert improves[0][0]["reward"] > trainer.start_reward
     grown = [json.loads(line) for line in (out / "rest" / "grow-1.jsonl").read_text().splitlines()]
     assert len(grown) == 140 * 4 and {"prompt", "completion", "completion_ids", "reward"} <= set(grown[0])
+    assert [e["step"] for e in log] == list(range(1, 9)) and trainer.state.global_step == 8  # a step is a phase
 
 
 def test_rest_resume_between_steps_reproduces_data_and_weights(example, tmp_path):
     model_dir = str(example[0] / "sft")
     train = toy.review_prompts(40, seed=3)
     held = toy.review_prompts(16, seed=4)
-    small = dict(improve_steps=2, threshold_quantiles=[0.5, 0.8], samples_per_prompt=2)
+    small = dict(improve_steps=2, threshold_quantiles=[0.5, 0.8], num_generations=2)
 
     def run(out, resume=None):
-        trainer = ReSTTrainer(load_model(model_dir), config(out, **small), train_dataset=train[:40],
-                              eval_dataset=held[:16], reward_funcs=["sentiment"])
+        trainer = ReSTTrainer(load_model(model_dir), ["sentiment"], args=config(out, **small),
+                              train_dataset=train[:40], eval_dataset=held[:16])
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
@@ -73,7 +77,8 @@ def test_rest_resume_between_steps_reproduces_data_and_weights(example, tmp_path
     assert not (tmp_path / "b" / "grow-1.jsonl").samefile(tmp_path / "a" / "grow-1.jsonl")
     for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert (p - q).abs().max() < 1e-6, name
-    assert [e.get("reward") for e in full.log_history] == [e.get("reward") for e in resumed.log_history]
+    assert [e.get("reward") for e in full.state.log_history] == [e.get("reward") for e in resumed.state.log_history]
+    assert resumed.state.global_step == full.state.global_step == 6
 
 
 def test_rest_config_errors():
@@ -81,3 +86,5 @@ def test_rest_config_errors():
         ReSTConfig(improve_steps=2, thresholds=[0.1])
     with pytest.raises(ValueError, match="threshold_quantiles"):
         ReSTConfig(improve_steps=4)
+    with pytest.raises(ValueError, match="max_steps"):  # a ReST step is a phase: grow_steps x (1 + improve_steps)
+        ReSTConfig(max_steps=5)
