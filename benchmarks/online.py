@@ -126,7 +126,7 @@ def run_posttrain(family: str, model_dir: str, rows: list[dict], steps: int, war
 
         def counted_sample(*a, **kw):
             rollout = sample(*a, **kw)
-            _record(counts, tokens, trainer.generation_index() + 1, f"posttrain {family}",
+            _record(counts, tokens, trainer.generations, f"posttrain {family}",
                     (len(rollout), int(rollout.completion_mask.sum()), int(rollout.prompt_attention.sum())), per_step)
             return rollout
 

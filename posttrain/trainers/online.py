@@ -132,6 +132,7 @@ class OnlineTrainer:
                                                 self.optimizer, self.lr_scheduler)
         self.callback_handler.add_callback(PrinterCallback if args.disable_tqdm else ProgressCallback)
         self._metrics, self._save_due, self._step_stats = defaultdict(list), False, None
+        self.generations = 0  # generations sampled: the index of prompt batches and update shuffles
 
     # ---- callbacks, as on transformers.Trainer ----------------------------------------------------------
     def add_callback(self, callback):
@@ -140,7 +141,7 @@ class OnlineTrainer:
     def remove_callback(self, callback):
         self.callback_handler.remove_callback(callback)
 
-    # ---- prompts: a pure function of the generation index, so resuming needs no sampler state ---------
+    # ---- prompts: a pure function of the generation count, so resuming needs no sampler state ---------
     def _prompts_per_generation(self) -> int:
         size = self.args.generation_batch_size()
         if size % self.group_size:
@@ -157,9 +158,6 @@ class OnlineTrainer:
         generations = len(self.train_prompts.values) // (self._prompts_per_generation() * self.accelerator.num_processes)
         return max(1, math.ceil(self.args.num_train_epochs * generations)) * self.args.optimizer_steps_per_generation()
 
-    def generation_index(self) -> int:
-        return self.state.global_step // self.args.optimizer_steps_per_generation()
-
     def next_prompts(self) -> list[int]:
         """This process's prompt rows for the next generation: a seeded permutation per epoch over the
         prompts, cut into global batches (a partial last batch is dropped), each split across processes."""
@@ -169,8 +167,9 @@ class OnlineTrainer:
             raise ValueError(f"{n} prompts cannot fill one generation of {global_batch} prompts (per_device_train_"
                              "batch_size x steps_per_generation / num_generations x processes); add prompts or "
                              "lower per_device_train_batch_size.")
-        epoch, k = divmod(self.generation_index(), n // global_batch)
-        self.state.epoch = self.generation_index() / (n // global_batch)
+        epoch, k = divmod(self.generations, n // global_batch)
+        self.state.epoch = self.generations / (n // global_batch)
+        self.generations += 1
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch)).tolist()
         start = k * global_batch + self.accelerator.process_index * per_process
         return order[start: start + per_process]
@@ -220,7 +219,7 @@ class OnlineTrainer:
         steps of ``gradient_accumulation_steps`` micro-batches of ``per_device_train_batch_size`` rows.
         Yields ``(micro_batches, window_rows)`` per optimizer step (index tensors), until max_steps."""
         args = self.args
-        generator = torch.Generator().manual_seed(args.seed * 100003 + self.generation_index())
+        generator = torch.Generator().manual_seed(args.seed * 100003 + self.generations)
         micro_size = math.ceil(n_rows / args.steps_per_generation)
         for _ in range(args.num_iterations):
             order = torch.randperm(n_rows, generator=generator)
@@ -363,7 +362,7 @@ class OnlineTrainer:
                 torch.save(self.lr_scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
                 self.state.save_to_json(os.path.join(staging, transformers.trainer.TRAINER_STATE_NAME))
                 with open(os.path.join(staging, METHOD_STATE_FILE), "w", encoding="utf-8") as fh:
-                    json.dump(method_state or {}, fh)
+                    json.dump({"generations": self.generations, "method": method_state or {}}, fh)
                 for file in files:
                     with open(file, "rb") as src, open(os.path.join(staging, os.path.basename(file)), "wb") as dst:
                         dst.write(src.read())
@@ -382,7 +381,9 @@ class OnlineTrainer:
         self.state.global_step, self.state.log_history, self.state.epoch = saved.global_step, saved.log_history, saved.epoch
         ckpt.load_rng(path, self.accelerator.process_index)
         with open(os.path.join(path, METHOD_STATE_FILE), encoding="utf-8") as fh:
-            return json.load(fh)
+            saved = json.load(fh)
+        self.generations = saved["generations"]
+        return saved["method"]
 
     def save_model(self, output_dir: str | None = None) -> None:
         """The trained policy (with its value head, or only its adapter for LoRA), tokenizer and model card;

@@ -72,7 +72,6 @@ class PPOTrainer(OnlineTrainer):
         args = args or PPOConfig()
         self.kl_ctl = kl_controller(args.init_kl_coef, args.target_kl, args.kl_horizon)
         self.score_moments = RunningMoments()
-        self.generations = 0  # generations done: early_stop_kl can end one before its optimizer steps
         if not hasattr(model, "v_head"):
             wrapper = AutoModelForSeq2SeqLMWithValueHead if is_encoder_decoder(model) else AutoModelForCausalLMWithValueHead
             name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "")
@@ -87,7 +86,6 @@ class PPOTrainer(OnlineTrainer):
         if method_state:
             self.kl_ctl.load_state_dict(method_state["kl_ctl"])
             self.score_moments.load_state_dict(method_state["score_moments"])
-            self.generations = method_state.get("generations", OnlineTrainer.generation_index(self))
         while not self.training_finished():
             # 1. sample one completion per prompt (log-probs and values come from update's own forward)
             rollout = self.sample(self.next_prompts(), with_logprobs=False)
@@ -98,11 +96,9 @@ class PPOTrainer(OnlineTrainer):
             # 3-4. rewards with the KL penalty, advantages, PPO epochs
             if valid.any():  # a generation whose samples were all dropped has nothing to learn from
                 self.update(rollout.select(valid), scored.rewards.to(valid.device)[valid])
-            self.generations += 1
             # 5. checkpoint (logging and evaluation happen at each optimizer step)
             if self.checkpoint_due():
-                self.save_checkpoint({"kl_ctl": self.kl_ctl.state_dict(), "score_moments": self.score_moments.state_dict(),
-                                      "generations": self.generations})
+                self.save_checkpoint({"kl_ctl": self.kl_ctl.state_dict(), "score_moments": self.score_moments.state_dict()})
         return self.end_training()
 
     def step(self, queries: list, responses: list, scores) -> dict:
@@ -129,11 +125,6 @@ class PPOTrainer(OnlineTrainer):
             self._step_stats = None
         self._metrics.clear()
         return stats
-
-    def generation_index(self) -> int:
-        """Generations done (prompt batch and update order): not global_step // steps per generation, since
-        early_stop_kl ends a generation early and that would sample the same prompts again."""
-        return self.generations
 
     def update(self, rollout: Rollout, scores: torch.Tensor, stop_at_max_steps: bool = True) -> None:
         args, temperature = self.args, self.args.temperature or 1.0

@@ -181,13 +181,15 @@ class ReSTTrainer(OnlineTrainer):
                 rows_in_window = order[start: start + window]
                 tokens = batch.completion_mask[rows_in_window].sum().clamp(min=1)
                 parts = rows_in_window.split(micro)
+                window_nll = 0.0  # each micro-batch's nll is its share of the window's token mean
                 for j, rows in enumerate(parts):
                     with self.accumulating(j == len(parts) - 1), self.accelerator.autocast():
                         mb = batch.select(rows)
                         logps, _ = forward_completion(self.model, mb, 1.0)
                         nll = aggregate(-logps * weights[rows][:, None], mb.completion_mask, "dapo", num_items=tokens)
                         self.accelerator.backward(nll)
-                    losses.append(float(nll) * len(rows))
+                    window_nll += float(nll.detach())
+                losses.append(window_nll * len(rows_in_window))
                 self.apply_gradients(schedule=False)
         return {"nll": sum(losses) / (len(kept) * self.args.num_iterations)}
 
