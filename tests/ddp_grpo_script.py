@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under `accelerate launch`: a short GRPO run whose reward function
-records, on each process, the prompts and rewards it saw, and a callback that records the prompt rows
-each process sampled at each step; rank 0 writes the logged metrics."""
+records, on each process, the prompts and rewards it saw, and the prompt rows each process sampled at
+each step (seen from a callback's on_step_begin); rank 0 writes the logged metrics."""
 
 import json
 import os
@@ -24,20 +24,22 @@ def digits(prompts, completions, **kw):
     return rewards
 
 
-class RecordRows(TrainerCallback):
-    """The prompt rows of the generation each optimizer step uses (one step per generation here)."""
-
+class StepBegins(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
-        indices.append({"step": state.global_step, "rows": trainer.next_prompts()})
+        indices.append({"step": state.global_step, "rows": rows_taken[-1]})
 
 
 # 4 prompts x 4 generations = 16 completions per process per step; one optimizer step per generation
 args = GRPOConfig(output_dir=out_dir, max_steps=3, per_device_train_batch_size=16, num_generations=4,
                   max_completion_length=4, learning_rate=1e-3, disable_tqdm=True, seed=0, logging_steps=1,
                   save_strategy="no", lr_scheduler_type="constant", report_to="none",
-                  use_cpu=True)  # as in ddp_sft_script.py: without it, TrainingArguments sets up a 1-process state on CPU
+                  use_cpu=True)  # as ddp_sft_script.py: on CPU, TrainingArguments otherwise sets up 1 process
 rows = toy.arithmetic_problems(32, seed=0)
-trainer = GRPOTrainer("tiny:llama", digits, args=args, train_dataset=rows, callbacks=[RecordRows()])
+trainer = GRPOTrainer("tiny:llama", digits, args=args, train_dataset=rows, callbacks=[StepBegins()])
+# the prompt rows of each generation, as the trainer takes them (next_prompts() moves on to the next batch,
+# so it is wrapped rather than called again); one optimizer step per generation here
+rows_taken, take = [], trainer.next_prompts
+trainer.next_prompts = lambda: rows_taken.append(take()) or rows_taken[-1]
 trainer.train()
 with open(os.path.join(out_dir, f"seen-{rank}.json"), "w") as fh:
     json.dump({"world_size": trainer.accelerator.num_processes, "seen": seen, "indices": indices,

@@ -157,13 +157,13 @@ def assert_same_weights(a: dict, b: dict):
         assert torch.equal(a[name], b[name]), name
 
 
-def check_probe_leaves_training_alone(run, every: int = 2, steps=(2,)):
+def check_probe_leaves_training_alone(run, every: int = 2, steps=(2,), unit: int = 1):
     """``run(name, callbacks) -> (start weights, end weights)``: training moves the weights, a probe every
-    ``every`` optimizer steps records a point at each of ``steps`` (by default: every 2 of 4 steps, one
-    point) and the probed run ends with the unprobed run's exact weights."""
+    ``every`` steps of ``unit`` optimizer steps records a point at each of ``steps`` (by default: every 2 of
+    4 steps, one point) and the probed run ends with the unprobed run's exact weights."""
     from posttrain.demo import FrontierProbe
 
-    probe = FrontierProbe(FakeDemo(), every=every)
+    probe = FrontierProbe(FakeDemo(), every=every, unit=unit)
     start, plain = run("plain", None)
     _, probed = run("probed", [probe])
     assert any(not torch.equal(start[n], plain[n]) for n in start)  # training moved the weights
@@ -179,7 +179,11 @@ def check_probe_points(probe, steps):
         assert point["rm_score"] == point["sentiment"] and 0 < point["length"] <= 8
 
 
-def test_frontier_probe_does_not_change_ppo_training(tmp_path):
+@pytest.mark.parametrize("every,unit,steps", [
+    (2, 4, (2,)),  # as the demo probes PPO: in generations (4 optimizer steps each here), every 2 of 4: one point
+    (6, 1, (6, 12)),  # in optimizer steps: once inside a generation (its 2nd epoch) and once at a generation's end
+])
+def test_frontier_probe_does_not_change_ppo_training(tmp_path, every, unit, steps):
     from posttrain.trainers import PPOConfig, PPOTrainer
 
     def run(name, callbacks):
@@ -194,9 +198,8 @@ def test_frontier_probe_does_not_change_ppo_training(tmp_path):
         assert trainer.state.global_step == 16
         return start, weights(trainer.model)
 
-    # The probe is a TrainerCallback called after every optimizer step: every 6 probes once inside a generation
-    # (step 6: the second generation's second epoch) and once at a generation's end (step 12).
-    check_probe_leaves_training_alone(run, every=6, steps=(6, 12))
+    # The probe is a TrainerCallback, called after every optimizer step.
+    check_probe_leaves_training_alone(run, every=every, steps=steps, unit=unit)
 
 
 def test_frontier_probe_does_not_change_dpo_training(tmp_path):

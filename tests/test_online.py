@@ -12,7 +12,8 @@ from posttrain import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RLOOConfig
 from posttrain.cli import main
 from posttrain.data import toy
 from posttrain.data.tokenize import tokenize_prompt
-from posttrain.rollout import PolicySampler, Rollout, SamplingConfig, forward_completion, pad_with_attention  # noqa: F401
+from posttrain.models.value_head import AutoModelForCausalLMWithValueHead
+from posttrain.rollout import HFGenerate, PolicySampler, Rollout, SamplingConfig, forward_completion
 
 PROMPTS = ["Honestly, the film", "I went to see the sequel last night and it", "Five"]
 
@@ -38,6 +39,17 @@ def params(model) -> torch.Tensor:
 def varied(completions, **kw):
     """A deterministic reward that differs between completions (so advantages are not all 0)."""
     return [float(sum(map(ord, c)) % 7) for c in completions]
+
+
+class EosEarly(HFGenerate):
+    """transformers' generate, then an eos as the (i % 4 + 1)-th token of row i: lengths 1 to 4 (and the
+    token means of micro-batches differ from the window's)."""
+
+    def generate(self, model, prompt_ids, prompt_attention, sampling, tokenizer):
+        out = super().generate(model, prompt_ids, prompt_attention, sampling, tokenizer)
+        for i in range(out.shape[0]):
+            out[i, i % 4] = tokenizer.eos_token_id
+        return out
 
 
 def logged(trainer, key):
@@ -141,9 +153,6 @@ def test_dropped_samples_are_counted_and_get_no_weight():
         calls.append(len(completions))
         return [None if i % 4 == 0 else float(len(c)) for i, c in enumerate(completions)]
 
-    def all_none(prompts, completions, **kw):
-        return [None] * len(completions)
-
     rows = toy.arithmetic_problems(16, seed=0)
     trainer = GRPOTrainer("tiny:llama", some_none, args=quick(GRPOConfig, num_generations=4), train_dataset=rows)
     start = params(trainer.model)
@@ -153,14 +162,21 @@ def test_dropped_samples_are_counted_and_get_no_weight():
     assert calls == [16, 16]
     after = params(trainer.model)
     assert torch.isfinite(after).all() and not torch.equal(after, start)  # the others still train, no NaN leaks
-    # weightless: when every sample is dropped there is no loss at all, so nothing moves
-    for cls, config in ((GRPOTrainer, quick(GRPOConfig, num_generations=4, beta=0.1)),
-                        (RLOOTrainer, quick(RLOOConfig, num_generations=4))):
-        trainer = cls("tiny:llama", all_none, args=config, train_dataset=rows)
-        start = params(trainer.model)
+
+    # weightless: a generation whose samples are all dropped adds no loss, not even the KL term (the policy
+    # has moved away from the reference by then), so its gradient is exactly 0
+    def none_second(prompts, completions, **kw):
+        calls.append(len(completions))
+        return [None] * len(completions) if len(calls) == 2 else varied(completions)
+
+    for cls, config in ((GRPOTrainer, quick(GRPOConfig, num_generations=4, beta=0.5)),
+                        (RLOOTrainer, quick(RLOOConfig, num_generations=4, beta=0.5))):
+        calls.clear()
+        trainer = cls("tiny:llama", none_second, args=config, train_dataset=rows)
         trainer.train()
-        assert torch.equal(params(trainer.model), start), cls.__name__
-        assert logged(trainer, "dropped") == [16, 16], cls.__name__
+        first, second = trainer.state.log_history
+        assert (first["dropped"], second["dropped"]) == (0, 16), cls.__name__
+        assert first["grad_norm"] > 0 and second["grad_norm"] == 0.0, cls.__name__
     trainer = PPOTrainer("tiny:llama", some_none, args=quick(PPOConfig), train_dataset=rows)
     trainer.train()
     assert trainer.state.log_history[0]["dropped"] == 1
@@ -179,7 +195,7 @@ def test_dropped_samples_are_counted_and_get_no_weight():
 
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
 @pytest.mark.parametrize("steps", [1, 2])
-def test_gradient_accumulation_equals_one_big_batch(tmp_path, loss_type, steps):
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, tokenizer, loss_type, steps):
     """8 completions per generation (2 prompts x 4), used in ``steps`` optimizer steps: one micro-batch per
     step, or micro-batches of 2 accumulated; the same samples, the same update."""
     rows = toy.arithmetic_problems(16, seed=0)
@@ -192,7 +208,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, loss_type, steps):
                        output_dir=str(tmp_path), learning_rate=1e-2, adam_epsilon=1.0, loss_type=loss_type,
                        max_grad_norm=0.0)
         assert config.generation_batch_size() == 8 and config.optimizer_steps_per_generation() == steps
-        trainer = GRPOTrainer("tiny:llama", varied, args=config, train_dataset=rows)
+        sampler = PolicySampler(tokenizer, config.sampling(), backend=EosEarly())  # completions of unequal length
+        trainer = GRPOTrainer("tiny:llama", varied, args=config, train_dataset=rows, rollout_source=sampler)
         trainer.train()
         assert trainer.state.global_step == steps
         weights.append(params(trainer.model))
@@ -214,11 +231,14 @@ def test_resume_matches_uninterrupted_run(tmp_path, cls, config):
         args = quick(config, output_dir=str(out), max_steps=8, save_strategy="steps", save_steps=3,
                      save_total_limit=None, lr_scheduler_type="linear", **extra)
         assert args.optimizer_steps_per_generation() == 2
-        trainer = cls("tiny:llama", ["length:3", "arithmetic"], args=args, train_dataset=rows)
+        trainer = cls("tiny:llama", [varied, "arithmetic"], args=args, train_dataset=rows)
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
     full = run(tmp_path / "a")
+    start = params(AutoModelForCausalLMWithValueHead.from_pretrained("tiny:llama", seed=0) if cls is PPOTrainer
+                   else load_model("tiny:llama", seed=0))
+    assert (params(full.model) - start).abs().max() > 1e-4  # it trained: a resume that loses state would show
     assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith("checkpoint")) == \
         ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
     resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-4"))
@@ -243,7 +263,8 @@ def test_prompt_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="num_generations"):
         quick(GRPOConfig, num_generations=1)
     with pytest.raises(ValueError, match="not a multiple of num_generations"):
-        GRPOTrainer("tiny:llama", ["arithmetic"], args=quick(GRPOConfig, num_generations=4, per_device_train_batch_size=6),
+        GRPOTrainer("tiny:llama", ["arithmetic"],
+                    args=quick(GRPOConfig, num_generations=4, per_device_train_batch_size=6),
                     train_dataset=toy.arithmetic_problems(16)).train()
     with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
         quick(GRPOConfig, steps_per_generation=3, gradient_accumulation_steps=2)
@@ -270,7 +291,8 @@ def test_cli_grpo_rloo_ppo_with_builtin_module_and_model_rewards(tmp_path, capsy
             code = main([command, "--model", "tiny:llama", "--dataset", str(data), flag, *reward,
                          "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", batch,
                          "--max_completion_length", "4", "--disable_tqdm", "true", "--eval_fraction", "0.25",
-                         "--logging_steps", "1", "--save_strategy", "no", "--generation_kwargs", '{"min_new_tokens": 2}']
+                         "--logging_steps", "1", "--save_strategy", "no",
+                         "--generation_kwargs", '{"min_new_tokens": 2}']
                         + (["--num_generations", "2"] if command != "ppo" else ["--num_iterations", "1"]))
             assert code == 0
             line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -352,7 +374,8 @@ def test_cli_rest_and_grpo_in_the_calculator_environment(tmp_path, capsys):
         assert (out / "README.md").exists() and not (out / "log.jsonl").exists()
     assert (tmp_path / "rest" / "grow-0.jsonl").exists() and (tmp_path / "rest" / "checkpoint-3").is_dir()
     with pytest.raises(ValueError, match="Unknown environment"):
-        main(["grpo", "--model", "tiny:llama", "--dataset", str(data), "--reward_funcs", "final_answer", "--env", "nope"])
+        main(["grpo", "--model", "tiny:llama", "--dataset", str(data), "--reward_funcs", "final_answer",
+              "--env", "nope"])
 
 
 def test_ppo_without_reference_has_no_kl_penalty(tokenizer):

@@ -232,7 +232,7 @@ def test_reward_functions_get_the_sampled_completions_and_their_prompts(tmp_path
     calls = {"f": [], "g": []}
 
     def f(completions, **kwargs):
-        calls["f"].append(dict(kwargs, completions=completions, rows=trainer.next_prompts()))
+        calls["f"].append(dict(kwargs, completions=completions, rows=rows_taken[-1]))
         return [float(len(str(c)) % 5) for c in completions]
 
     def g(completions, prompts, **kwargs):
@@ -243,6 +243,8 @@ def test_reward_functions_get_the_sampled_completions_and_their_prompts(tmp_path
     group = getattr(args, "num_generations", 1)
     trainer = trainer_cls("tiny:llama", [f, g], args=args, train_dataset=data)
     sampler = trainer.sampler = Capture(args, trainer.tokenizer, backend=EosSometimes())
+    rows_taken, take = [], trainer.next_prompts  # the prompt rows of each generation, as the trainer takes them
+    trainer.next_prompts = lambda: rows_taken.append(take()) or rows_taken[-1]
     trainer.train()
     assert len(calls["f"]) == len(calls["g"]) == len(sampler.rollouts) == 2
     tok = trainer.tokenizer
@@ -259,7 +261,7 @@ def test_reward_functions_get_the_sampled_completions_and_their_prompts(tmp_path
         assert got_g["prompts"] == got_f["prompts"] == [data[i]["prompt"] for i in picked]
         assert got_f["idx"] == got_g["idx"] == picked  # the other columns, row for row
         assert got_f["trainer_state"] is trainer.state
-    assert calls["f"][0]["rows"] != calls["f"][1]["rows"]
+    assert calls["f"][0]["rows"] != calls["f"][1]["rows"] and len(rows_taken) == 2
 
 
 # ---- f. prompt truncation --------------------------------------------------------------------------------

@@ -81,6 +81,27 @@ def test_rest_resume_between_steps_reproduces_data_and_weights(example, tmp_path
     assert resumed.state.global_step == full.state.global_step == 6
 
 
+def test_rest_improve_with_accumulation_equals_one_big_batch(tmp_path):
+    """An Improve step's optimizer steps of 16 samples as 1 micro-batch of 16 or 2 of 8: the same weights and the
+    same logged nll (the token mean of each optimizer step's samples)."""
+    import torch
+
+    def trainer(accumulation):
+        args = config(tmp_path / str(accumulation), per_device_train_batch_size=16 // accumulation,
+                      gradient_accumulation_steps=accumulation, num_generations=2, save_strategy="no")
+        return ReSTTrainer("tiny:llama", ["sentiment"], args=args, train_dataset=toy.review_prompts(12, seed=3))
+
+    one, two = trainer(1), trainer(2)
+    samples = one.grow(0)  # 24 samples: one optimizer step of 16 and one of 8 per pass
+    assert len(samples) == 24
+    start = [p.detach().clone() for p in one.model.parameters()]
+    stats_one, stats_two = one.improve(samples), two.improve(samples)
+    assert stats_two["nll"] == pytest.approx(stats_one["nll"], rel=1e-5)
+    assert any(not torch.equal(p, s) for p, s in zip(one.model.parameters(), start))  # Improve moved the weights
+    for (name, p), q in zip(one.model.named_parameters(), two.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
 def test_rest_config_errors():
     with pytest.raises(ValueError, match="thresholds"):
         ReSTConfig(improve_steps=2, thresholds=[0.1])
