@@ -384,3 +384,16 @@ def test_ppo_without_reference_has_no_kl_penalty(tokenizer):
     stats = trainer.step([torch.tensor(tokenize_prompt(tokenizer, PROMPTS[0]))], [torch.tensor([5, 6])], [1.0])
     assert stats["kl"] == 0.0 and stats["non_score_reward"] == 0.0 and stats["kl_sum"] == 0.0
     assert stats["policy_loss"] == stats["policy_loss"]  # it did update
+
+
+def test_ppo_ends_when_every_sample_is_dropped(tmp_path):
+    """A generation nobody scores has nothing to learn from, but its optimizer steps still count: training ends."""
+    args = PPOConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, num_iterations=2,
+                     max_completion_length=3, save_strategy="no", logging_steps=1, disable_tqdm=True)
+    trainer = PPOTrainer("tiny:llama", lambda completions, **kw: [None] * len(completions), args=args,
+                         train_dataset=toy.arithmetic_problems(16, seed=0))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert trainer.state.global_step == 4 and trainer.generations == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert [e["dropped"] for e in trainer.state.log_history if "dropped" in e] == [4.0, 4.0]

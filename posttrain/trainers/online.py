@@ -79,7 +79,8 @@ class OnlineTrainer:
             push_folder(None, args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
                         args.hub_token, check_only=True)  # offline: fail now, not after training
         set_seed(args.seed)
-        # cpu=True without CUDA: under `accelerate launch` that is what starts gloo across CPU processes.
+        # Without CUDA, OnlineConfig sets use_cpu: under `accelerate launch` that is what makes the (already
+        # created) accelerate state start gloo across the CPU processes; cpu=True keeps this one on the CPU too.
         self.accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
                                        cpu=not torch.cuda.is_available())
         self.base_model_name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "")
@@ -159,8 +160,9 @@ class OnlineTrainer:
         return max(1, math.ceil(self.args.num_train_epochs * generations)) * self.args.optimizer_steps_per_generation()
 
     def next_prompts(self) -> list[int]:
-        """This process's prompt rows for the next generation: a seeded permutation per epoch over the
-        prompts, cut into global batches (a partial last batch is dropped), each split across processes."""
+        """This process's prompt rows for the next generation, and a step to it (like ``next()`` on a data
+        loader: call it once per generation). A seeded permutation per epoch over the prompts, cut into
+        global batches (a partial last batch is dropped), each split across processes."""
         n, per_process = len(self.train_prompts.values), self._prompts_per_generation()
         global_batch = per_process * self.accelerator.num_processes
         if n < global_batch:

@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from ..rollout import SamplingConfig
@@ -81,6 +82,8 @@ class OnlineConfig(TrainingArguments):
             raise ValueError(f"generation_kwargs {unknown} are not supported; valid keys: {GENERATION_KWARGS}.")
         if self.output_dir is None:
             self.output_dir = f"runs/{type(self).__name__.removesuffix('Config').lower()}"
+        if not torch.cuda.is_available():
+            self.use_cpu = True  # else `accelerate launch` on CPUs runs every process alone, no gloo group
         super().__post_init__()
         if self.steps_per_generation is None:
             self.steps_per_generation = self.gradient_accumulation_steps

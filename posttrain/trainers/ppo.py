@@ -82,6 +82,7 @@ class PPOTrainer(OnlineTrainer):
                          ref_model=ref_model, rollout_source=rollout_source, uses_reference=True)
 
     def train(self, resume_from_checkpoint=None):
+        args = self.args
         method_state = self.begin_training(resume_from_checkpoint)
         if method_state:
             self.kl_ctl.load_state_dict(method_state["kl_ctl"])
@@ -94,8 +95,11 @@ class PPOTrainer(OnlineTrainer):
             valid = scored.valid.to(rollout.completion_ids.device)
             self.record_generation(rollout, scored)
             # 3-4. rewards with the KL penalty, advantages, PPO epochs
-            if valid.any():  # a generation whose samples were all dropped has nothing to learn from
+            if valid.any():
                 self.update(rollout.select(valid), scored.rewards.to(valid.device)[valid])
+            else:  # every sample dropped: nothing to learn from, but the generation's steps still count
+                for _ in range(args.optimizer_steps_per_generation()):
+                    self.step_end()
             # 5. checkpoint (logging and evaluation happen at each optimizer step)
             if self.checkpoint_due():
                 self.save_checkpoint({"kl_ctl": self.kl_ctl.state_dict(), "score_moments": self.score_moments.state_dict()})

@@ -49,7 +49,7 @@ class ReSTConfig(OnlineConfig):
     num_iterations: int = field(default=2, metadata={"help": "Passes over the kept samples per Improve step."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
     lr_scheduler_type: str = field(default="constant", metadata={
-        "help": "Learning-rate schedule over the phases (a ReST step is a phase)."})
+        "help": "Learning-rate schedule, stepped once per Improve step."})
     reference: str = field(default="none", metadata={"help": "ReST keeps no reference model."})
 
     def __post_init__(self):
@@ -99,9 +99,9 @@ class ReSTTrainer(OnlineTrainer):
                 tau = self.threshold(phase - 1, [s["reward"] for s in grown])
                 kept = [s for s in grown if s["reward"] >= tau]
                 stats = self.improve(kept) if kept else {}
+                self.lr_scheduler.step()  # the schedule runs over Improve steps
                 entry = {"grow": g, "improve": phase - 1, "threshold": tau, "kept": len(kept), **stats,
                          "reward": self.mean_reward()}
-            self.lr_scheduler.step()
             entry.update(self.drain_metrics())
             self.step_end()
             self.log(entry)  # every phase is logged (the table of the run)
