@@ -3,7 +3,7 @@
     python scripts/check_report.py REPORT.html --screenshot OUT.png
 
 Exits non-zero with a message if chromium is missing, an image did not decode, or the
-screenshot is blank. The logic is ``posttrain.eval.report.check_in_browser``.
+screenshot is blank. The logic is ``posttrain.eval.browser.check_in_browser``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import shutil
 import sys
 
-from posttrain.eval.report import ReportCheckError, check_in_browser
+from posttrain.eval.browser import ReportCheckError, check_in_browser
 
 
 def main(argv: list[str] | None = None) -> int:

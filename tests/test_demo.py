@@ -86,7 +86,7 @@ def test_shipped_corpus_is_the_generator_output():
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt install chromium)")
 def test_the_demo_report_renders_in_a_headless_browser(reduced_demo, tmp_path):
-    from posttrain.eval.report import check_in_browser
+    from posttrain.eval.browser import check_in_browser
 
     _, out, _ = reduced_demo
     result = check_in_browser(str(out / "report.html"), str(tmp_path / "shot.png"))

@@ -180,17 +180,20 @@ def test_dropped_samples_are_counted_and_get_no_weight():
     trainer = PPOTrainer("tiny:llama", some_none, args=quick(PPOConfig), train_dataset=rows)
     trainer.train()
     assert trainer.state.log_history[0]["dropped"] == 1
-    # PPO learns from the scored samples only: a generation with none makes no update (and does not crash)
+    # PPO learns from the scored samples only: a generation with none makes no update (and does not crash);
+    # its optimizer steps still count, so a run of such generations ends
     calls.clear()
 
     def none_first(prompts, completions, **kw):
         calls.append(len(completions))
         return [None] * len(completions) if len(calls) == 1 else [1.0] * len(completions)
 
-    trainer = PPOTrainer("tiny:llama", none_first, args=quick(PPOConfig, max_steps=1), train_dataset=rows)
+    trainer = PPOTrainer("tiny:llama", none_first, args=quick(PPOConfig, max_steps=2), train_dataset=rows)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
-    assert calls == [4, 4] and trainer.state.global_step == 1
-    assert logged(trainer, "dropped") == [2.0]  # (4 + 0) / 2 generations in the logging window
+    assert calls == [4, 4] and trainer.state.global_step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # the second one learns
+    assert logged(trainer, "dropped") == [4.0, 0.0]  # one generation per logging step
 
 
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo"])

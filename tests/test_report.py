@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from posttrain.eval.report import ReportCheckError, check_in_browser, write_report  # noqa: E402
+from posttrain.eval.browser import ReportCheckError, check_in_browser  # noqa: E402
+from posttrain.eval.report import write_report  # noqa: E402
 
 PROMPTS = ["Honestly, the film", "The acting in this movie", "I walked out of the cinema", "The plot",
            "My kids watched it and", "<script>alert('x')</script> The soundtrack"]

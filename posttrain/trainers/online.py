@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 from collections import defaultdict
-from typing import NamedTuple
 
 import torch
 import transformers
@@ -31,8 +29,8 @@ from transformers.trainer_utils import TrainOutput
 
 from .. import checkpoint as ckpt
 from ..card import final_metrics, write_model_card
-from ..data.formats import DataFormatError, load_rows, validate
-from ..data.tokenize import check_tokenizer, tokenize_prompt
+from ..data.prompts import Prompts, load_prompts
+from ..data.tokenize import check_tokenizer
 from ..eval.policy import evaluate_policy
 from ..hub import push_folder
 from ..models.loading import disable_dropout, load_model, load_tokenizer
@@ -41,31 +39,7 @@ from ..rewards import RewardSet
 from ..rollout import PolicySampler, Rollout
 from .online_config import OnlineConfig
 
-logger = logging.getLogger(__name__)
 METHOD_STATE_FILE = "method_state.json"
-
-
-class Prompts(NamedTuple):
-    values: list  # the dataset's prompt values (text or chat messages)
-    ids: list[list[int]]  # tokenized, cut to max_prompt_length
-    truncated: list[bool]
-    columns: dict  # other dataset columns, for the rewards
-
-
-def load_prompts(rows, tokenizer, max_prompt_length: int | None, what: str) -> Prompts:
-    dataset = load_rows(rows)
-    if "prompt" not in dataset.column_names:
-        raise DataFormatError(f"{what} needs a 'prompt' column (text or chat messages); the dataset has "
-                              f"{dataset.column_names}. Other columns are passed to the reward functions.")
-    validate(dataset.select_columns(["prompt"]), ("prompt_only",), what=what)
-    values = dataset["prompt"]
-    full = [tokenize_prompt(tokenizer, p) for p in values]
-    ids = [x[-max_prompt_length:] if max_prompt_length else x for x in full]
-    truncated = [len(a) < len(b) for a, b in zip(ids, full)]
-    if any(truncated):
-        logger.warning("%s: %d of %d prompts are longer than max_prompt_length=%s and keep only their last tokens.",
-                       what, sum(truncated), len(values), max_prompt_length)
-    return Prompts(values, ids, truncated, {c: dataset[c] for c in dataset.column_names if c != "prompt"})
 
 
 class OnlineTrainer:
