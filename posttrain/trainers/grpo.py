@@ -48,8 +48,6 @@ class GRPOConfig(OnlineConfig):
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}.")
         if self.scale_rewards not in SCALES:
             raise ValueError(f"scale_rewards must be one of {SCALES}, got {self.scale_rewards!r}.")
-        if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
-            raise ValueError(f"epsilon and epsilon_high must be > 0, got {self.epsilon} and {self.epsilon_high}.")
 
 
 class GRPOTrainer(OnlineTrainer):

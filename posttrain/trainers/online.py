@@ -66,7 +66,7 @@ class OnlineTrainer:
             import peft
 
             model = peft.get_peft_model(model, peft_config)
-        if args.disable_dropout:
+        if args.disable_dropout:  # after LoRA: its dropout too would make the two log-probs of the ratio differ
             disable_dropout(model)
         if args.gradient_checkpointing:
             getattr(model, "pretrained_model", model).gradient_checkpointing_enable(
@@ -288,6 +288,8 @@ class OnlineTrainer:
     def begin_training(self, resume_from_checkpoint=None) -> dict:
         """Resume from a checkpoint (returns the method's saved state, {} when starting fresh) and call
         ``on_train_begin``."""
+        if self.train_prompts is None:
+            raise ValueError(f"{type(self).__name__}.train() needs train_dataset (rows with a 'prompt' column).")
         path = ckpt.resolve_resume(resume_from_checkpoint or self.args.resume_from_checkpoint, self.args.output_dir)
         method_state = self.load_checkpoint(path) if path else {}
         self.model.train()

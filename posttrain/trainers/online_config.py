@@ -75,6 +75,9 @@ class OnlineConfig(TrainingArguments):
             raise ValueError(f"steps_per_generation must be >= 1, got {self.steps_per_generation}.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be >= 1 or None (no truncation), got {self.max_prompt_length}.")
+        epsilons = [getattr(self, "epsilon", 1), getattr(self, "epsilon_high", None)]  # GRPO and RLOO's clip ranges
+        if any(e is not None and not e > 0 for e in epsilons):
+            raise ValueError(f"epsilon and epsilon_high must be > 0, got {epsilons[0]} and {epsilons[1]}.")
         if getattr(self, "beta", 0) < 0 or not math.isfinite(getattr(self, "beta", 0)):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta}.")
         unknown = sorted(set(self.generation_kwargs or {}) - set(GENERATION_KWARGS))

@@ -38,8 +38,6 @@ class RLOOConfig(OnlineConfig):
         super().__post_init__()
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: the other samples of a prompt are the baseline.")
-        if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
-            raise ValueError(f"epsilon and epsilon_high must be > 0, got {self.epsilon} and {self.epsilon_high}.")
 
 
 class RLOOTrainer(OnlineTrainer):
