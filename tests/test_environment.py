@@ -525,8 +525,18 @@ def test_grpo_step_with_tool_output_in_the_rollouts(tmp_path):
     assert entry["reward"] == 1.0 and math.isfinite(entry["loss"])
 
 
-def test_ppo_step_with_tool_output_in_the_rollouts(tmp_path):
+def test_ppo_step_with_tool_output_in_the_rollouts(tmp_path, monkeypatch):
     """PPO in an environment: the score lands on the last generated token, GAE skips the tool output."""
+    import posttrain.trainers.ppo as ppo_module
+
+    seen, real_gae = [], ppo_module.gae
+
+    def recording_gae(rewards, values, mask, gamma, lam):
+        out = real_gae(rewards, values, mask, gamma, lam)
+        seen.append((rewards.clone(), values.clone(), mask.clone(), *out))
+        return out
+
+    monkeypatch.setattr(ppo_module, "gae", recording_gae)
     env = TextEnvironment([calculator], header="", max_turns=2, max_tokens=64)
     env.backend = SolvesWithTheTool()
     # one generation of 4 episodes, 2 micro-batches of 2, 4 epochs: 8 optimizer steps
@@ -537,3 +547,17 @@ def test_ppo_step_with_tool_output_in_the_rollouts(tmp_path):
     trainer.train()
     (entry,) = trainer.state.log_history
     assert entry["reward"] == 1.0 and math.isfinite(entry["value_loss"]) and math.isfinite(entry["policy_loss"])
+    (rewards, values, mask, advantages, _), = seen
+    mask = mask.bool()
+    assert (~mask).any(1).all()  # every episode has tool output (mask 0) between generated tokens
+    for row in range(len(rewards)):
+        generated = mask[row].nonzero().squeeze(-1)
+        last = generated[-1]
+        # the reference is a copy of the policy, so the KL part of the reward is 0: only the score is left,
+        # on the last generated token
+        assert rewards[row, last].item() == 1.0 and (rewards[row].nonzero().squeeze(-1) == last).all()
+        assert (advantages[row][~mask[row]] == 0).all()
+        # GAE over the generated tokens alone (tool output cut out) gives the same advantages: it skips it
+        cut, _ = real_gae(rewards[row, generated][None], values[row, generated][None], torch.ones(1, len(generated)),
+                          args.gamma, args.lam)
+        assert torch.allclose(advantages[row, generated], cut[0], atol=1e-6)

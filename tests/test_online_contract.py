@@ -331,3 +331,32 @@ def test_rloo_kl_is_a_per_token_mean(tmp_path):
     assert history[0]["kl"] == 0.0 and history[-1]["kl"] != 0.0
     for entry in history:
         assert entry["kl_sum"] == pytest.approx(entry["kl"] * length, abs=1e-5)
+
+
+def test_rest_calls_the_callbacks_once_per_phase(tmp_path):
+    from posttrain import ReSTConfig, ReSTTrainer
+
+    recorder = Recorder()
+    args = ReSTConfig(output_dir=str(tmp_path / "rest"), grow_steps=1, improve_steps=2, num_generations=2,
+                      max_completion_length=4, per_device_train_batch_size=8, save_strategy="no", seed=0,
+                      report_to="none", disable_tqdm=True)
+    trainer = ReSTTrainer("tiny:llama", varied, args=args, train_dataset=rows(), callbacks=[recorder])
+    trainer.train()
+    assert recorder.events[0] == ("train_begin", 0) and recorder.events[-1] == ("train_end", 3)
+    assert [e[1] for e in recorder.named("step_end")] == [1, 2, 3]  # grow, improve 0, improve 1
+    assert [e[2].get("improve") for e in recorder.named("log")] == [-1, 0, 1]
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_gradient_checkpointing_gives_the_same_update(tmp_path, method):
+    """gradient_checkpointing recomputes activations in the backward pass: the same weights come out."""
+    trainer_cls, config_cls = ONLINE[method]
+    after = []
+    for checkpointing in (False, True):
+        args = config(config_cls, tmp_path, max_steps=1, gradient_checkpointing=checkpointing)
+        trainer = trainer_cls("tiny:llama", varied, args=args, train_dataset=rows())
+        start = params(trainer.model)
+        trainer.train()
+        after.append(params(trainer.model))
+        assert not torch.equal(after[-1], start)
+    assert torch.allclose(after[0], after[1], atol=1e-6, rtol=0)
