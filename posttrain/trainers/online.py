@@ -306,6 +306,8 @@ class OnlineTrainer:
         return due
 
     def end_training(self) -> TrainOutput:
+        if self._metrics:  # the last, partial logging window (a run shorter than logging_steps logs too)
+            self.log({})
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         metrics = final_metrics(self.state.log_history)
         return TrainOutput(self.state.global_step, metrics.get("loss", float("nan")), metrics)
