@@ -271,7 +271,7 @@ def test_prompt_dataset_errors(tmp_path):
                     train_dataset=toy.arithmetic_problems(16)).train()
     with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
         quick(GRPOConfig, steps_per_generation=3, gradient_accumulation_steps=2)
-    with pytest.raises(ValueError, match="needs reward_funcs"):
+    with pytest.raises(ValueError, match="pass reward_funcs"):
         GRPOTrainer("tiny:llama", args=quick(GRPOConfig), train_dataset=toy.arithmetic_problems(16)).train()
 
 

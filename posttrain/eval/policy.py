@@ -15,6 +15,7 @@ import torch
 from ..data.tokenize import tokenize_prompt
 from ..models.reference import Reference
 from ..rewards import RewardSet
+from ..rewards.base import score_rollout
 from ..rollout.sampling import PolicySampler, SamplingConfig
 
 
@@ -63,12 +64,8 @@ def evaluate_policy(model, tokenizer, prompts: list, rewards=None, *, reference=
                     per_sequence += kl.sum(1).tolist()
                     kl_tokens = [kl_tokens[0] + kl.sum().item(), kl_tokens[1] + int(mask.sum())]
                 scored = {}
-                if rewards is not None:
-                    completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t
-                                   for p, t in zip(chunk, texts)]
-                    result = rewards(chunk, completions, completion_ids=rollout.completion_lists(),
-                                     trainer_state=trainer_state, precomputed=rollout.rewards or None,
-                                     **rollout.columns)
+                if rewards is not None or rollout.rewards:  # an environment may score its own episodes
+                    result = score_rollout(rewards, rollout, tokenizer, trainer_state)
                     scored = {"reward": result.rewards.tolist(),
                               **{k: v.tolist() for k, v in result.per_function.items()}}
                 for i, (prompt, text) in enumerate(zip(chunk, texts)):

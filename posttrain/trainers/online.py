@@ -36,6 +36,7 @@ from ..hub import push_folder
 from ..models.loading import disable_dropout, load_model, load_tokenizer
 from ..models.reference import online_reference, peft_trunk
 from ..rewards import RewardSet
+from ..rewards.base import score_rollout
 from ..rollout import PolicySampler, Rollout
 from .online_config import OnlineConfig
 
@@ -164,15 +165,7 @@ class OnlineTrainer:
     def score(self, rollout: Rollout):
         """Every reward function's score of each episode, called with keywords as in TRL (see
         ``posttrain.rewards``): a ``RewardResult`` (NaN where every function returned None)."""
-        if self.rewards is None and not rollout.rewards:
-            raise ValueError(f"{type(self).__name__} needs reward_funcs (CLI: --reward_funcs), or an environment "
-                             "that scores its own episodes.")
-        texts = self.tokenizer.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
-        completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t
-                       for p, t in zip(rollout.prompts, texts)]
-        rewards = self.rewards or RewardSet([], allow_empty=True)
-        return rewards(rollout.prompts, completions, completion_ids=rollout.completion_lists(),
-                       trainer_state=self.state, precomputed=rollout.rewards or None, **rollout.columns)
+        return score_rollout(self.rewards, rollout, self.tokenizer, self.state)
 
     def record_generation(self, rollout: Rollout, scored, group_size: int = 1) -> None:
         """What every method logs of a generation: mean reward (and of each function), the reward spread
