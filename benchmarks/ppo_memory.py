@@ -106,16 +106,19 @@ def ppo(model, tokenizer, rows, a, lora: bool, tmp: str) -> None:
 
     from posttrain import PPOConfig, PPOTrainer
 
-    args = PPOConfig(output_dir=tmp, max_steps=a.steps, per_device_batch_size=a.batch, mini_batch_size=a.mini_batch,
-                     num_epochs=a.epochs, learning_rate=LEARNING_RATE, max_new_tokens=a.max_new_tokens,
-                     min_new_tokens=a.max_new_tokens,  # same shapes as the baseline (eos masked)
+    per_generation = a.batch // a.mini_batch  # mini-batches per generation, one optimizer step each
+    args = PPOConfig(output_dir=tmp, max_steps=a.steps * a.epochs * per_generation,
+                     per_device_train_batch_size=a.mini_batch, steps_per_generation=per_generation,
+                     num_iterations=a.epochs, learning_rate=LEARNING_RATE, max_completion_length=a.max_new_tokens,
+                     generation_kwargs={"min_new_tokens": a.max_new_tokens},  # same shapes as the baseline
                      temperature=1.0, top_k=0, top_p=1.0, reference="adapter" if lora else "copy", target_kl=None,
-                     logging_steps=10**9, save_steps=0, disable_tqdm=True, seed=0)
-    trainer = PPOTrainer(model, args, train_dataset=rows, reward_funcs=distinct_reward, processing_class=tokenizer,
+                     lr_scheduler_type="constant", logging_steps=10**9, save_strategy="no", report_to="none",
+                     disable_tqdm=True, seed=0)
+    trainer = PPOTrainer(model, distinct_reward, args=args, train_dataset=rows, processing_class=tokenizer,
                          peft_config=peft.LoraConfig(**LORA) if lora else None)
-    expected = "adapter" if lora else "a frozen copy"
-    if (trainer.reference == "adapter") != lora:
-        raise RuntimeError(f"PPO reference is {trainer.reference!r}, expected {expected}")
+    expected = "adapter" if lora else "copy"
+    if trainer.reference.strategy != expected:
+        raise RuntimeError(f"PPO reference is {trainer.reference.strategy!r}, expected {expected}")
     trainer.train()  # rows come in a seeded order; all have the same length, so every batch has the same shape
 
 
