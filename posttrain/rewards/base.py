@@ -270,6 +270,12 @@ def resolve_reward(spec):
     raise ValueError(f"Unknown reward {spec!r}. Valid forms: {_spec_forms()}.")
 
 
+def as_completions(prompts: list, texts: list[str]) -> list:
+    """Completions in the form reward functions get them, as in TRL: the text for a plain-text prompt,
+    ``[{"role": "assistant", "content": text}]`` for a conversational (message-list) prompt."""
+    return [[{"role": "assistant", "content": t}] if isinstance(p, list) else t for p, t in zip(prompts, texts)]
+
+
 def score_rollout(rewards: RewardSet | None, rollout, tokenizer, trainer_state=None) -> RewardResult:
     """Score a rollout's episodes: the reward functions (keywords, as in TRL) on the decoded completions
     -- message lists for conversational prompts -- plus the rewards the rollout source computed itself."""
@@ -277,8 +283,7 @@ def score_rollout(rewards: RewardSet | None, rollout, tokenizer, trainer_state=N
         raise ValueError("Nothing scores these completions: pass reward_funcs (CLI: --reward_funcs), or use an "
                          "environment that scores its own episodes.")
     texts = tokenizer.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
-    completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t
-                   for p, t in zip(rollout.prompts, texts)]
+    completions = as_completions(rollout.prompts, texts)
     rewards = rewards if rewards is not None else RewardSet([], allow_empty=True)
     return rewards(rollout.prompts, completions, completion_ids=rollout.completion_lists(),
                    trainer_state=trainer_state, precomputed=rollout.rewards or None, **rollout.columns)

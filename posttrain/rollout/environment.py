@@ -39,7 +39,7 @@ import re
 
 import torch
 
-from ..rewards.base import RewardSet
+from ..rewards.base import RewardSet, as_completions
 from ..losses.logprobs import forward_completion
 from .batch import Rollout, pad_with_attention
 from .sampling import HFGenerate, SamplingConfig, completion_length
@@ -249,8 +249,7 @@ class TextEnvironment:
             raise ValueError(f"Dataset column(s) {clash} clash with what TextEnvironment passes to its reward "
                              "functions; rename the column(s).")
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t
-                       for p, t in zip(prompts, texts)]  # as the trainer passes them
+        completions = as_completions(prompts, texts)  # as the trainer passes them
         result = self.reward_funcs(prompts, completions, **extra, **columns)  # checked, called by keyword
         return {name: [None if math.isnan(v) else v for v in values.tolist()]
                 for name, values in result.per_function.items()}

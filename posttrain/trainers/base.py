@@ -20,7 +20,6 @@ from ..data.tokenize import TOKENIZATION_VERSION, check_tokenizer
 from ..models.loading import disable_dropout, load_model, load_tokenizer
 
 
-
 class PostTrainer(transformers.Trainer):
     """Subclasses set ``method``, ``task`` and ``formats``, and implement ``tokenize_row``,
     ``make_collator`` and ``compute_loss``."""

@@ -29,7 +29,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .. import checkpoint as ckpt
 from ..card import final_metrics, write_model_card
-from ..data.prompts import Prompts, load_prompts
+from ..data.prompts import load_prompts
 from ..data.tokenize import check_tokenizer
 from ..eval.policy import evaluate_policy
 from ..hub import push_folder
@@ -152,9 +152,9 @@ class OnlineTrainer:
         return order[start: start + per_process]
 
     # ---- sample and score ---------------------------------------------------------------------------------
-    def sample(self, rows: list[int], repeats: int = 1, with_logprobs: bool = True, prompts: Prompts | None = None):
-        """Sample ``repeats`` consecutive completions for each prompt row (from the training prompts)."""
-        prompts = prompts or self.train_prompts
+    def sample(self, rows: list[int], repeats: int = 1, with_logprobs: bool = True):
+        """Sample ``repeats`` consecutive completions for each training prompt row."""
+        prompts = self.train_prompts
         rows = [i for i in rows for _ in range(repeats)]
         with self.accelerator.autocast():
             rollout = self.sampler(self.model, [prompts.ids[i] for i in rows], [prompts.values[i] for i in rows],
