@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test bench install clean
+.PHONY: demo test floors bench install clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -x
 
+# The oldest versions pyproject.toml allows (each `>=X` pinned to `==X`), in their own venv, on a fast
+# subset: proves the floors are true. CI runs it after `make test`.
+FLOORS := .venv-floors
+FLOOR_TESTS := tests/test_sft.py tests/test_dpo.py tests/test_reward.py tests/test_models.py tests/test_formats.py tests/test_online.py tests/test_report.py
+floors:
+	$(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install -q --upgrade pip
+	$(FLOORS)/bin/python -m pip install -q "torch==2.13.0"
+	$(FLOORS)/bin/python .ci/floors.py > $(FLOORS)/constraints.txt
+	$(FLOORS)/bin/python -m pip install -q -c $(FLOORS)/constraints.txt -e ".[test]"
+	$(FLOORS)/bin/python -m pip list 2>/dev/null | grep -iE "^(transformers|tokenizers|peft|accelerate|datasets|safetensors) "
+	$(FLOORS)/bin/python -m pytest -m "not slow" -x -p no:cacheprovider $(FLOOR_TESTS)
+
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) benchmarks/dpo_memory.py --data long --pairs 8 --max_length 256 --output benchmarks/dpo_memory.md
@@ -35,4 +48,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py --output BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(FLOORS) runs
