@@ -45,19 +45,6 @@ class SFTConfig(PostTrainConfig):
     chat_template_path: str | None = field(default=None, metadata={
         "help": "TRL's option to replace the chat template. Not supported by posttrain (only None): set "
                 "tokenizer.chat_template and pass the tokenizer as processing_class."})
-    def _tell_model_special_tokens(self, tokenizer, args) -> None:
-        """The model agrees with the tokenizer on pad (and on eos when eos_token is set), as in TRL."""
-        generation = getattr(self.model, "generation_config", None)
-        self.model.config.pad_token_id = tokenizer.pad_token_id
-        if generation is not None:
-            generation.pad_token_id = tokenizer.pad_token_id
-        if args.eos_token is not None:
-            self.model.config.eos_token_id = tokenizer.eos_token_id
-            if generation is not None:
-                ids = generation.eos_token_id
-                ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-                generation.eos_token_id = ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
-
     # ---- data --------------------------------------------------------------------------------------
     dataset_text_field: str = field(default="text", metadata={
         "help": "Column holding the text of language-modeling rows (used when the rows have no "
@@ -191,6 +178,19 @@ class SFTTrainer(PostTrainer):
                 setattr(tokenizer, name, token)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+
+    def _tell_model_special_tokens(self, tokenizer, args) -> None:
+        """The model agrees with the tokenizer on pad (and on eos when eos_token is set), as in TRL."""
+        generation = getattr(self.model, "generation_config", None)
+        self.model.config.pad_token_id = tokenizer.pad_token_id
+        if generation is not None:
+            generation.pad_token_id = tokenizer.pad_token_id
+        if args.eos_token is not None:
+            self.model.config.eos_token_id = tokenizer.eos_token_id
+            if generation is not None:
+                ids = generation.eos_token_id
+                ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+                generation.eos_token_id = ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
 
     # ---- data --------------------------------------------------------------------------------------
     def _prepare(self, rows, tokenizer, args, split: str):
