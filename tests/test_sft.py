@@ -272,3 +272,31 @@ def test_rows_truncated_to_nothing_trainable_are_dropped(tmp_path, caplog):
     data[1]["prompt"] = " ".join(["The film was long and slow."] * 20)
     trainer = SFTTrainer("tiny:llama", config(tmp_path, max_length=16), train_dataset=data)
     assert len(trainer.train_dataset) == 3 and "Dropped 1 of 4 train rows" in caplog.text
+
+
+def _prompt_completion_rows(n):
+    return rows_of_varied_length(n)
+
+
+@pytest.mark.parametrize("data, extra", [(toy.conversations, {}), (_prompt_completion_rows, {}),
+                                         (_prompt_completion_rows, {"packing": True, "max_length": 48})],
+                         ids=["messages", "prompt_completion", "packing"])
+def test_first_loss_equals_trls(tmp_path, data, extra):
+    """The same saved model, data and seed give TRL 1.16's first logged loss (and the same number of rows)."""
+    trl = pytest.importorskip("trl")
+    import datasets
+
+    from posttrain.models.loading import load_tokenizer
+
+    model_dir = str(tmp_path / "model")
+    load_model("tiny:llama").save_pretrained(model_dir)
+    load_tokenizer("tiny:llama").save_pretrained(model_dir)
+    kw = dict(max_steps=1, logging_steps=1, report_to="none", seed=0, per_device_train_batch_size=2, bf16=False,
+              gradient_checkpointing=False, use_cpu=True, save_strategy="no", disable_tqdm=True)
+    kw = {"max_length": 64, **kw, **extra}
+    ours = SFTTrainer(model_dir, SFTConfig(output_dir=str(tmp_path / "a"), **kw), train_dataset=data(8))
+    theirs = trl.SFTTrainer(model_dir, args=trl.SFTConfig(output_dir=str(tmp_path / "b"), **kw),
+                            train_dataset=datasets.Dataset.from_list(data(8)))
+    assert len(ours.train_dataset) == len(theirs.train_dataset)
+    ours.train(), theirs.train()
+    assert ours.state.log_history[0]["loss"] == pytest.approx(theirs.state.log_history[0]["loss"], abs=1e-5)
