@@ -1,7 +1,6 @@
 """SFTTrainer: TRL-compatible config and data options, padding-free and accumulation invariance, resume,
 atomic checkpoints, LoRA."""
 
-import os
 
 import pytest
 import torch

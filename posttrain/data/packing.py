@@ -77,7 +77,8 @@ def _pack_block(block: dict, max_length: int, strategy: str) -> dict:
             "seq_lengths": [[len(pieces[i][0]) for i in b] for b in bins]}
 
 
-def pack_dataset(dataset: datasets.Dataset, max_length: int | None, strategy: str = "bfd") -> datasets.Dataset:
+def pack_dataset(dataset: datasets.Dataset, max_length: int | None, strategy: str = "bfd",
+                 num_proc: int | None = None) -> datasets.Dataset:
     """Rows ``{"input_ids", "completion_mask"}`` packed into rows of at most ``max_length`` tokens;
     ``bfd`` and ``bfd_split`` rows also get ``seq_lengths`` (the length of each example in the row)."""
     if strategy not in PACKING_STRATEGIES:
@@ -85,4 +86,4 @@ def pack_dataset(dataset: datasets.Dataset, max_length: int | None, strategy: st
     if max_length is None:
         raise ValueError("packing=True needs max_length (the length of a packed row); set max_length, e.g. 1024.")
     return dataset.map(_pack_block, batched=True, batch_size=BLOCK, remove_columns=dataset.column_names,
-                       fn_kwargs={"max_length": max_length, "strategy": strategy}, desc=f"Packing ({strategy})")
+                       fn_kwargs={"max_length": max_length, "strategy": strategy}, num_proc=num_proc, desc=f"Packing ({strategy})")

@@ -53,7 +53,8 @@ class SFTConfig(PostTrainConfig):
         "help": "TRL's dataset-preparation options. The only key is skip_prepare_dataset, which posttrain does not "
                 "support (rows are always validated and tokenized); {} or None."})
     dataset_num_proc: int | None = field(default=None, metadata={
-        "help": "Processes for the formatting/packing map. Tokenization itself runs in this process."})
+        "help": "Processes for applying formatting_func, dropping untrainable rows and packing. Tokenization "
+                "itself runs in this process."})
     eos_token: str | None = field(default=None, metadata={
         "help": "End-of-sequence token appended to text and completions (default: the tokenizer's eos token)."})
     pad_token: str | None = field(default=None, metadata={
@@ -75,7 +76,7 @@ class SFTConfig(PostTrainConfig):
                 "overflow becomes further examples) or 'wrapped' (cut every max_length tokens, mid-example; "
                 "examples attend to each other).", "choices": list(PACKING_STRATEGIES)})
     padding_free: bool = field(default=False, metadata={
-        "help": "Padding-free packing of each batch: concatenate each batch into one row with position_ids restarting per "
+        "help": "Padding-free packing of each batch: concatenate it into one row with position_ids restarting per "
                 "example (no pad tokens computed, no attention across examples). Works with SDPA/eager attention "
                 "as well as flash-attention. Implied by packing with 'bfd'/'bfd_split'."})
     pad_to_multiple_of: int | str | None = field(default="auto", metadata={
@@ -100,8 +101,9 @@ class SFTConfig(PostTrainConfig):
     def __post_init__(self):
         for name, default in UNSUPPORTED_TRL_FIELDS.items():
             if getattr(self, name) != default:
+                help_text = self.__dataclass_fields__[name].metadata["help"]
                 raise ValueError(f"SFTConfig.{name}={getattr(self, name)!r} is a TRL option posttrain does not "
-                                 f"implement; leave it at {default!r}. ({self.__dataclass_fields__[name].metadata['help']})")
+                                 f"implement; leave it at {default!r}. ({help_text})")
         for name in ("model_init_kwargs", "dataset_kwargs"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, json.loads(getattr(self, name)))
@@ -109,9 +111,9 @@ class SFTConfig(PostTrainConfig):
             raise ValueError("dataset_kwargs={'skip_prepare_dataset': True} is not supported: posttrain always "
                              "validates and tokenizes the rows. Pass untokenized rows (text, prompt/completion or "
                              "messages) instead.")
-        if set(self.dataset_kwargs or {}) - {"skip_prepare_dataset"}:
-            raise ValueError(f"Unknown dataset_kwargs keys {sorted(set(self.dataset_kwargs) - {'skip_prepare_dataset'})}; "
-                             "TRL's only key is skip_prepare_dataset.")
+        unknown = sorted(set(self.dataset_kwargs or {}) - {"skip_prepare_dataset"})
+        if unknown:
+            raise ValueError(f"Unknown dataset_kwargs keys {unknown}; TRL's only key is skip_prepare_dataset.")
         if self.truncation_mode not in ("keep_start", "keep_end"):
             raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}.")
         if self.truncation_side not in TRUNCATION_SIDES:
@@ -213,7 +215,7 @@ class SFTTrainer(PostTrainer):
         if args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         if packing:
-            dataset = pack_dataset(dataset, args.max_length, args.packing_strategy)
+            dataset = pack_dataset(dataset, args.max_length, args.packing_strategy, args.dataset_num_proc)
             if args.shuffle_dataset:
                 dataset = dataset.shuffle(seed=args.seed)
         return dataset
