@@ -260,7 +260,7 @@ def _make_trainer(library: str, benchmark: str, size: str, model, tokenizer, row
         if benchmark == "reward":
             return RewardTrainer(model, args=RewardConfig(**args_kwargs), train_dataset=dataset,
                                  processing_class=tokenizer, callbacks=callbacks)
-        args = SFTConfig(**args_kwargs, packing=benchmark == "sft-packed")
+        args = SFTConfig(**args_kwargs, padding_free=benchmark == "sft-packed")
         return SFTTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     import trl
 
@@ -269,7 +269,7 @@ def _make_trainer(library: str, benchmark: str, size: str, model, tokenizer, row
                                  processing_class=tokenizer, callbacks=callbacks)
     if benchmark == "sft-packed":
         # TRL's padding-free mode without bin packing: each batch is flattened into one row with
-        # position_ids restarting per example, exactly what posttrain's packing=True does. TRL refuses a
+        # position_ids restarting per example, exactly what posttrain's padding_free=True does. TRL refuses a
         # max_length here (it would not be enforced); every row already fits MAX_LENGTH (see sft_rows).
         args_kwargs = {**args_kwargs, "max_length": None}
         args = trl.SFTConfig(**args_kwargs, padding_free=True, packing=False)

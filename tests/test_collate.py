@@ -39,8 +39,8 @@ def test_sft_collator_pad_to_multiple_of():
     assert exact["input_ids"].shape == (2, 4) and exact["attention_mask"].shape == (2, 4)
 
 
-def test_sft_collator_packing():
-    batch = SFTCollator(pad_token_id=0, packing=True)(FEATURES)
+def test_sft_collator_padding_free():
+    batch = SFTCollator(pad_token_id=0, padding_free=True)(FEATURES)
     assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask
     assert batch["input_ids"].tolist() == [[10, 11, 12, 13, 20, 21, 22]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
@@ -52,7 +52,7 @@ def test_packed_and_padded_batches_train_on_the_same_tokens(tok):
     rows = toy.prompt_completion(4, seed=1)
     feats = [sft(tok, r, PC) for r in rows]
     padded = SFTCollator(tok.pad_token_id)(feats)
-    packed = SFTCollator(tok.pad_token_id, packing=True)(feats)
+    packed = SFTCollator(tok.pad_token_id, padding_free=True)(feats)
     per_example = [padded["labels"][i, :len(f["input_ids"])].tolist() for i, f in enumerate(feats)]
     assert packed["labels"][0].tolist() == sum(per_example, [])
     assert packed["input_ids"][0].tolist() == sum((f["input_ids"] for f in feats), [])

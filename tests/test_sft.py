@@ -1,12 +1,15 @@
-"""SFTTrainer: learning, packing and accumulation invariance, resume, atomic checkpoints, LoRA."""
+"""SFTTrainer: TRL-compatible config and data options, padding-free and accumulation invariance, resume,
+atomic checkpoints, LoRA."""
 
-import os
 
 import pytest
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
+import dataclasses
+
 from posttrain import SFTConfig, SFTTrainer, load_model
+from posttrain.data.formats import DataFormatError
 from posttrain.data import toy
 
 
@@ -34,12 +37,12 @@ def loss_and_grads(trainer, batch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
-def test_packing_equals_padding(arch, tmp_path):
+def test_padding_free_equals_padding(arch, tmp_path):
     """Padding-free packing must not let examples attend to each other: same loss and gradients."""
     trainer = SFTTrainer(f"tiny:{arch}", config(tmp_path), train_dataset=rows_of_varied_length())
     features = [trainer.train_dataset[i] for i in range(6)]
     padded = trainer.data_collator(features)
-    trainer.data_collator.packing = True
+    trainer.data_collator.padding_free = True
     packed = trainer.data_collator(features)
     assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
     assert (packed["input_ids"] == trainer.processing_class.pad_token_id).sum() == 0  # no pad computed
@@ -51,9 +54,9 @@ def test_packing_equals_padding(arch, tmp_path):
         assert torch.allclose(grads_pad[name], grads_pack[name], atol=1e-5), name
 
 
-def test_packing_without_position_ids_would_leak(tmp_path):
+def test_padding_free_without_position_ids_would_leak(tmp_path):
     """The invariance above is not vacuous: without restarting positions the loss differs."""
-    trainer = SFTTrainer("tiny:llama", config(tmp_path, packing=True), train_dataset=rows_of_varied_length())
+    trainer = SFTTrainer("tiny:llama", config(tmp_path, padding_free=True), train_dataset=rows_of_varied_length())
     packed = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     leaky = {k: v for k, v in packed.items() if k != "position_ids"}
     with torch.no_grad():
@@ -193,3 +196,106 @@ def test_mixed_precision_and_bf16_weights_train(tmp_path):
         trainer.train()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         assert losses[-1] < losses[0]
+
+
+# ---- TRL 1.16 compatibility --------------------------------------------------------------------------
+
+# Defaults that deliberately differ from TRL's SFTConfig (each documented in the field's help).
+DELIBERATE = {"gradient_checkpointing", "bf16", "save_total_limit"}
+
+
+def test_every_trl_sft_field_exists_with_trls_default():
+    trl = pytest.importorskip("trl")
+    ours = {f.name: f for f in dataclasses.fields(SFTConfig)}
+    for f in dataclasses.fields(trl.SFTConfig):
+        assert f.name in ours, f"TRL's SFTConfig.{f.name} is missing"
+        if f.name not in DELIBERATE and f.default is not dataclasses.MISSING:
+            assert ours[f.name].default == f.default, f.name
+        assert ours[f.name].metadata.get("help"), f"{f.name} has no help text"
+
+
+@pytest.mark.parametrize("field, value", [("activation_offloading", True), ("chat_template_path", "t.jinja"),
+                                          ("router_aux_loss_coef", 0.1), ("dataset_kwargs", {"skip_prepare_dataset": True})])
+def test_unimplemented_trl_fields_fail_clearly(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field):
+        config(tmp_path, **{field: value})
+
+
+def test_trl_spellings_map_onto_posttrain(tmp_path):
+    args = config(tmp_path, truncation_mode="keep_end", packing_strategy="bfd-requeue", loss_type="chunked_nll",
+                  pad_to_multiple_of="none")
+    assert (args.truncation_side, args.packing_strategy, args.loss_type, args.pad_to_multiple_of) == (
+        "left", "bfd_split", "nll", None)
+    assert config(tmp_path).pad_to_multiple_of is None  # "auto" off Neuron
+
+
+def trained_tokens(trainer, i=0):
+    return sum(trainer.train_dataset[i]["completion_mask"][1:]), len(trainer.train_dataset[i]["input_ids"]) - 1
+
+
+def test_loss_masks_follow_trl_defaults(tmp_path):
+    conv = SFTTrainer("tiny:llama", config(tmp_path), train_dataset=toy.conversations(4))
+    trained, total = trained_tokens(conv)
+    assert trained == total  # assistant_only_loss=False: every token, as TRL
+    only = SFTTrainer("tiny:llama", config(tmp_path, assistant_only_loss=True), train_dataset=toy.conversations(4))
+    assert 0 < trained_tokens(only)[0] < total
+    pc = SFTTrainer("tiny:llama", config(tmp_path), train_dataset=toy.prompt_completion(4))
+    assert 0 < trained_tokens(pc)[0] < trained_tokens(pc)[1]  # completion_only_loss=None: the completion only
+    everything = SFTTrainer("tiny:llama", config(tmp_path, completion_only_loss=False),
+                            train_dataset=toy.prompt_completion(4))
+    assert trained_tokens(everything)[0] == trained_tokens(everything)[1]
+    with pytest.raises(ValueError, match="assistant_only_loss=True needs conversational rows"):
+        SFTTrainer("tiny:llama", config(tmp_path, assistant_only_loss=True), train_dataset=toy.prompt_completion(4))
+
+
+def test_formatting_func_and_dataset_text_field_ignore_extra_columns(tmp_path):
+    data = [dict(r, id=i, source="toy") for i, r in enumerate(toy.prompt_completion(6))]
+    fmt = lambda row: f"Q: {row['prompt']} A:{row['completion']}"  # noqa: E731  (one row in, one string out)
+    trainer = SFTTrainer("tiny:llama", config(tmp_path, max_steps=1, completion_only_loss=False), train_dataset=data,
+                         formatting_func=fmt)
+    tok = trainer.processing_class
+    assert trainer.train_dataset[0]["input_ids"] == tok(fmt(data[0]) + tok.eos_token)["input_ids"]
+    trainer.train()
+    with pytest.raises(ValueError, match="no completion"):
+        SFTTrainer("tiny:llama", config(tmp_path, completion_only_loss=True), train_dataset=data, formatting_func=fmt)
+    with pytest.raises(DataFormatError, match="must return one string"):
+        SFTTrainer("tiny:llama", config(tmp_path), train_dataset=data, formatting_func=lambda b: [fmt(b)])
+    texts = [{"body": r["prompt"] + r["completion"], "id": i, "source": "toy"} for i, r in enumerate(toy.prompt_completion(6))]
+    trainer = SFTTrainer("tiny:llama", config(tmp_path, max_steps=1, dataset_text_field="body"), train_dataset=texts)
+    assert trainer.train_dataset[0]["input_ids"] == tok(texts[0]["body"] + tok.eos_token)["input_ids"]
+    trainer.train()
+
+
+def test_rows_truncated_to_nothing_trainable_are_dropped(tmp_path, caplog):
+    data = toy.prompt_completion(4)
+    data[1]["prompt"] = " ".join(["The film was long and slow."] * 20)
+    trainer = SFTTrainer("tiny:llama", config(tmp_path, max_length=16), train_dataset=data)
+    assert len(trainer.train_dataset) == 3 and "Dropped 1 of 4 train rows" in caplog.text
+
+
+def _prompt_completion_rows(n):
+    return rows_of_varied_length(n)
+
+
+@pytest.mark.parametrize("data, extra", [(toy.conversations, {}), (_prompt_completion_rows, {}),
+                                         (_prompt_completion_rows, {"packing": True, "max_length": 48})],
+                         ids=["messages", "prompt_completion", "packing"])
+def test_first_loss_equals_trls(tmp_path, data, extra):
+    """The same saved model, data and seed give TRL 1.16's first logged loss (and the same number of rows)."""
+    trl = pytest.importorskip("trl")
+    import datasets
+
+    from posttrain.models.loading import load_tokenizer
+
+    model_dir = str(tmp_path / "model")
+    load_model("tiny:llama").save_pretrained(model_dir)
+    load_tokenizer("tiny:llama").save_pretrained(model_dir)
+    kw = dict(max_steps=1, logging_steps=1, report_to="none", seed=0, per_device_train_batch_size=2, bf16=False,
+              gradient_checkpointing=False, use_cpu=True, save_strategy="no", disable_tqdm=True)
+    kw = {"max_length": 64, **kw, **extra}
+    ours = SFTTrainer(model_dir, SFTConfig(output_dir=str(tmp_path / "a"), **kw), train_dataset=data(8))
+    theirs = trl.SFTTrainer(model_dir, args=trl.SFTConfig(output_dir=str(tmp_path / "b"), **kw),
+                            train_dataset=datasets.Dataset.from_list(data(8)))
+    assert len(ours.train_dataset) == len(theirs.train_dataset)
+    ours.train(), theirs.train()
+    assert ours.state.log_history[0]["loss"] == pytest.approx(theirs.state.log_history[0]["loss"], abs=1e-5)

@@ -7,7 +7,7 @@ import pytest
 
 from data_helpers import (BAD, CONV, GOOD, EXPLICIT, EXPLICIT_CONV, IMPLICIT, IMPLICIT_CONV, LM, PC,
                           PC_CONV, SFT, assistant, chat, expect_error, pref, sft, system, user)
-from posttrain.data.tokenize import extract_prompt, truncate
+from posttrain.data.tokenize import extract_prompt, has_trainable_tokens, truncate
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -86,6 +86,8 @@ def test_sft_conversational_train_on_prompt(tok):
     masked = sft(tok, {"messages": MULTI_TURN}, CONV)
     full = sft(tok, {"messages": MULTI_TURN}, CONV, train_on_prompt=True)
     assert full["input_ids"] == masked["input_ids"] and full["completion_mask"] == [1] * len(full["input_ids"])
+    # trained on every token, the conversation is rendered and tokenized whole, as TRL does
+    assert full["input_ids"] == tok.apply_chat_template(MULTI_TURN, tokenize=True, return_dict=True)["input_ids"]
 
 
 def test_sft_conversation_without_assistant_turn(tok):
@@ -122,15 +124,15 @@ def test_truncate_rejects_an_unknown_side():
 
 
 def test_sft_all_prompt_after_truncation(tok, enc):
+    """A row truncation leaves with nothing trainable is kept here and dropped by the trainer (as TRL does)."""
     row = {"prompt": "I went to see the director's new picture last night and", "completion": " loved it."}
     n_prompt = len(enc(row["prompt"]))
-    expect_error(lambda: sft(tok, row, PC, max_length=n_prompt, side="right", index=7),
-                 "Row 7: no completion tokens are left to learn from after truncation to max_length="
-                 f"{n_prompt} (right side cut)", "Raise max_length")
+    out = sft(tok, row, PC, max_length=n_prompt, side="right")
+    assert out["completion_mask"] == [0] * n_prompt and not has_trainable_tokens(out)
     # one completion token at the very start is not enough: position 0 is never predicted
-    expect_error(lambda: sft(tok, row, PC, max_length=1, side="left", index=2), "Row 2: no completion tokens")
+    assert not has_trainable_tokens(sft(tok, row, PC, max_length=1, side="left"))
     out = sft(tok, row, PC, max_length=n_prompt + 1, side="right")  # one completion token past position 0: fine
-    assert out["completion_mask"] == [0] * n_prompt + [1]
+    assert out["completion_mask"] == [0] * n_prompt + [1] and has_trainable_tokens(out)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Batch tokenized rows: pad (right), or pack padding-free (one row, position_ids restart per example).
+"""Batch tokenized rows: pad (right), or padding-free (one row, position_ids restart per example).
 
 Labels follow the transformers convention (aligned with input_ids; the loss shifts them). The first
-token of every example gets -100, so packed and padded batches train on exactly the same tokens and
-no example learns to predict the start of the next one.
+token of every example gets -100, so padded and padding-free batches train on exactly the same
+tokens and no example learns to predict the start of the next one.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 IGNORE_INDEX = -100
 
 
-def pad(sequences: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
-    """A [len(sequences), longest] LongTensor of the sequences padded with ``value``."""
-    width = max(len(s) for s in sequences)
+def pad(sequences: list[list[int]], value: int, side: str = "right", width: int | None = None) -> torch.Tensor:
+    """A [len(sequences), width] LongTensor of the sequences padded with ``value`` (width: the longest)."""
+    width = width or max(len(s) for s in sequences)
     out = torch.full((len(sequences), width), value, dtype=torch.long)
     for i, seq in enumerate(sequences):
         if seq:
@@ -25,45 +25,47 @@ def pad(sequences: list[list[int]], value: int, side: str = "right") -> torch.Te
     return out
 
 
-def _labels(input_ids: list[int], mask: list[int]) -> list[int]:
-    labels = [t if m else IGNORE_INDEX for t, m in zip(input_ids, mask)]
-    labels[0] = IGNORE_INDEX
-    return labels
+def example_positions(feature: dict) -> list[int]:
+    """Position ids restarting at 0 for each example of a row (``seq_lengths`` from packing, else one)."""
+    return [p for n in feature.get("seq_lengths") or [len(feature["input_ids"])] for p in range(n)]
+
+
+def _labels(input_ids: list[int], mask: list[int], positions: list[int]) -> list[int]:
+    return [t if m and p else IGNORE_INDEX for t, m, p in zip(input_ids, mask, positions)]
 
 
 class SFTCollator:
-    """Collate ``{"input_ids", "completion_mask"}`` rows for causal-LM training.
+    """Collate ``{"input_ids", "completion_mask"[, "seq_lengths"]}`` rows for causal-LM training.
 
-    ``packing=True`` concatenates the batch into one row with ``position_ids`` restarting at 0 for
-    each example and no attention mask: transformers then builds a block-diagonal causal mask (SDPA,
-    eager) or uses variable-length kernels (flash-attention), so examples never see each other and
-    no pad token is computed.
+    ``padding_free=True`` concatenates the batch into one row with ``position_ids`` restarting at 0
+    for each example (each packed example too) and no attention mask: transformers then builds a
+    block-diagonal causal mask (SDPA, eager) or uses variable-length kernels (flash-attention), so
+    examples never see each other and no pad token is computed. Otherwise rows are right-padded
+    with an attention mask.
     """
 
-    def __init__(self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None):
-        self.pad_token_id, self.packing, self.pad_to_multiple_of = pad_token_id, packing, pad_to_multiple_of
+    def __init__(self, pad_token_id: int, padding_free: bool = False, pad_to_multiple_of: int | None = None):
+        self.pad_token_id, self.padding_free, self.pad_to_multiple_of = pad_token_id, padding_free, pad_to_multiple_of
+
+    def _width(self, longest: int) -> int:
+        m = self.pad_to_multiple_of
+        return -(-longest // m) * m if m else longest
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         ids = [f["input_ids"] for f in features]
-        labels = [_labels(f["input_ids"], f["completion_mask"]) for f in features]
-        if self.packing:
-            return {
-                "input_ids": torch.tensor([sum(ids, [])]),
-                "labels": torch.tensor([sum(labels, [])]),
-                "position_ids": torch.tensor([[p for seq in ids for p in range(len(seq))]]),
-            }
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            width = -(-max(map(len, ids)) // m) * m
-            ids, labels = [s + [self.pad_token_id] * (width - len(s)) for s in ids], [
-                s + [IGNORE_INDEX] * (width - len(s)) for s in labels]
-            lengths = [len(f["input_ids"]) for f in features]
-        else:
-            lengths = [len(s) for s in ids]
-        input_ids = pad(ids, self.pad_token_id)
-        # As wide as input_ids: with pad_to_multiple_of the padded width exceeds the longest example.
-        attention_mask = (torch.arange(input_ids.shape[1]) < torch.tensor(lengths)[:, None]).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad(labels, IGNORE_INDEX)}
+        positions = [example_positions(f) for f in features]
+        labels = [_labels(f["input_ids"], f["completion_mask"], p) for f, p in zip(features, positions)]
+        # Rows packed with several examples are always padding-free: an attention mask would join them.
+        if self.padding_free or any(len(f.get("seq_lengths") or ()) > 1 for f in features):
+            ids, labels, positions = [sum(ids, [])], [sum(labels, [])], [sum(positions, [])]
+            width = self._width(len(ids[0]))
+            return {"input_ids": pad(ids, self.pad_token_id, width=width),
+                    "labels": pad(labels, IGNORE_INDEX, width=width), "position_ids": pad(positions, 0, width=width)}
+        width = self._width(max(map(len, ids)))
+        lengths = torch.tensor([len(s) for s in ids])
+        return {"input_ids": pad(ids, self.pad_token_id, width=width),
+                "attention_mask": (torch.arange(width) < lengths[:, None]).long(),
+                "labels": pad(labels, IGNORE_INDEX, width=width)}
 
 
 class PreferenceCollator:

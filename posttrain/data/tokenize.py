@@ -13,7 +13,8 @@ from .formats import DataFormatError
 TRUNCATION_SIDES = ("right", "left")  # "right" drops the end (keeps the start); "left" drops the start
 # Part of the tokenized-dataset cache key (PostTrainer._prepare): bump it whenever the same row and
 # tokenizer start giving different ids, so a cached map from older code is not reused.
-TOKENIZATION_VERSION = 2  # 2: no second eos after text that already ends with one
+TOKENIZATION_VERSION = 3  # 2: no second eos after text that already ends with one; 3: SFT conversations
+# trained on every token are rendered and tokenized whole
 
 
 def check_tokenizer(tokenizer, needs_chat_template: bool = False) -> None:
@@ -99,25 +100,31 @@ def truncate(ids: list[int], mask: list[int], max_length: int | None, side: str)
 
 def tokenize_sft_row(row: dict, index: int, tokenizer, fmt, max_length: int | None, truncation_side: str,
                      train_on_prompt: bool) -> dict:
-    """``{"input_ids", "completion_mask"}`` for one SFT row; ``train_on_prompt`` makes every token trainable."""
-    segments = render_segments(tokenizer, fmt.name, fmt.conversational, row, index)
+    """``{"input_ids", "completion_mask"}`` for one SFT row; ``train_on_prompt`` makes every token trainable.
+
+    A row that truncation leaves with nothing trainable is returned as is (the trainer drops it, as
+    TRL does); a conversation with no assistant turn to learn from is an error.
+    """
+    if fmt.name == "conversational" and train_on_prompt:  # one rendering, as TRL tokenizes it
+        segments = [(_template(tokenizer, row["messages"]), True)]
+    else:
+        segments = render_segments(tokenizer, fmt.name, fmt.conversational, row, index)
     plain = not fmt.conversational
     ids, mask = tokenize_segments(tokenizer, segments, plain)
     if train_on_prompt:
         mask = [1] * len(ids)
-    untruncated = len(ids)
-    ids, mask = truncate(ids, mask, max_length, truncation_side)
     # Position 0 is never predicted (nothing precedes it), so at least one later trainable token is needed.
-    if sum(mask[1:]) == 0 and len(ids) == untruncated:  # nothing trainable even before truncation
+    if sum(mask[1:]) == 0:
         raise DataFormatError(
             f"Row {index}: there is nothing to learn from: the conversation has no assistant turn. Add an "
             "assistant message, drop the row, or set assistant_only_loss=False to train on every token.")
-    if sum(mask[1:]) == 0:
-        raise DataFormatError(
-            f"Row {index}: no completion tokens are left to learn from after truncation to max_length="
-            f"{max_length} ({'right' if truncation_side == 'right' else 'left'} side cut). Raise max_length, "
-            "shorten the prompt, or use truncation_side='left' to keep the end.")
+    ids, mask = truncate(ids, mask, max_length, truncation_side)
     return {"input_ids": ids, "completion_mask": mask}
+
+
+def has_trainable_tokens(row: dict) -> bool:
+    """Whether a tokenized SFT row has a trainable token after its first (which nothing predicts)."""
+    return any(row["completion_mask"][1:])
 
 
 def extract_prompt(chosen, rejected):
