@@ -69,12 +69,12 @@ def _read_config(parser, classes, path: str, command: str) -> dict:
     aliases = {alias.lstrip("-"): f.name for cls in classes for f in dataclasses.fields(cls)
                for alias in f.metadata.get("aliases", [])}
     valid = {a.dest for a in parser._actions}
-    resolved = {}
+    resolved, given_as = {}, {}
     for key, value in values.items():
         name = aliases.get(key, key)
         if name in resolved:
-            parser.error(f"{path}: {key!r} and {name!r} are the same setting; keep one.")
-        resolved[name] = value
+            parser.error(f"{path}: {given_as[name]!r} and {key!r} are the same setting; keep one.")
+        resolved[name], given_as[name] = value, key
     unknown = sorted(set(resolved) - valid)
     if unknown:
         parser.error(f"{path}: unknown key(s) {unknown}; every key must be a flag name of "
