@@ -78,6 +78,9 @@ class ModelArguments:
             flag = "load_in_4bit" if self.load_in_4bit else "load_in_8bit"
             raise ValueError(f"--{flag}: quantized bases are not supported yet. Drop the flag and train a LoRA "
                              "adapter (--use_peft) on a bfloat16 base (--dtype bfloat16) instead.")
+        from .models.loading import resolve_dtype
+
+        resolve_dtype(self.dtype)  # an unknown name fails here, naming the valid ones
         self.lora_target_modules = _module_list(self.lora_target_modules)
         self.lora_target_parameters = _module_list(self.lora_target_parameters)
         self.lora_modules_to_save = _module_list(self.lora_modules_to_save)

@@ -99,8 +99,7 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
     model.config.name_or_path = name
     if online and is_encoder_decoder(model):
         task = "seq2seq"
-    tokenizer = load_tokenizer(name, **({} if name.startswith("tiny:") else {
-        "revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}))
+    tokenizer = load_tokenizer(name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code)
     kwargs = dict(train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks, processing_class=tokenizer,
                   peft_config=model_args.peft_config(task))
     if online:
