@@ -65,7 +65,8 @@ _BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"
 
 def load_splits(source, name: str | None = None) -> datasets.DatasetDict:
     """Every split of a dataset given by path or name, as TRL's scripts find it with
-    ``datasets.load_dataset(dataset_name, name=dataset_config)``:
+    ``datasets.load_dataset(dataset_name, name=dataset_config)`` (a Dataset or list of rows: one
+    ``train`` split):
 
     - a .jsonl/.json/.csv/.parquet file: one ``train`` split;
     - a directory saved with ``save_to_disk`` (a Dataset: one ``train`` split; a DatasetDict: its splits);
@@ -75,6 +76,10 @@ def load_splits(source, name: str | None = None) -> datasets.DatasetDict:
     """
     if isinstance(source, datasets.DatasetDict):
         return source
+    if isinstance(source, (datasets.Dataset, list)):
+        return datasets.DatasetDict({"train": load_rows(source)})
+    if not isinstance(source, (str, os.PathLike)):
+        load_rows(source)  # raises the unsupported-type error
     path = os.fspath(source)
     if os.path.isdir(path):
         return _load_directory(path, name)
