@@ -10,7 +10,7 @@ sentiment grows its own data and fine-tunes on the most positive samples, with r
     python examples/rest.py [--output_dir runs/rest-example]
 
 The same from the command line (after the SFT):
-    posttrain rest --model runs/rest-example/sft --dataset examples/data/review_prompts.jsonl \\
+    posttrain rest --model_name_or_path runs/rest-example/sft --dataset_name examples/data/review_prompts.jsonl \\
         --reward_funcs sentiment --eval_fraction 0.2 --grow_steps 2 --improve_steps 3 --num_generations 4 \\
         --max_completion_length 16 --per_device_train_batch_size 16 --steps_per_generation 8
 """

@@ -10,7 +10,7 @@ cannot do in its head -- by calling the calculator.
     python examples/tool_use.py [--output_dir runs/tool-use] [--grpo_steps 60]
 
 The same RL step from the command line (after the SFT):
-    posttrain grpo --model runs/tool-use/sft --dataset problems.jsonl --env calculator \\
+    posttrain grpo --model_name_or_path runs/tool-use/sft --dataset_name problems.jsonl --env calculator \\
         --reward_funcs final_answer --num_generations 8 --per_device_train_batch_size 64 \\
         --max_completion_length 24 --temperature 0.7
 """

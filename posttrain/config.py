@@ -1,5 +1,9 @@
 """Configuration shared by every trainer and the CLI: flat dataclasses whose fields carry help text,
-so each field is a CLI flag and a YAML key for free (transformers.HfArgumentParser)."""
+so each field is a CLI flag and a YAML key for free (transformers.HfArgumentParser).
+
+``ModelArguments`` mirrors TRL's ``ModelConfig`` and ``DataArguments`` TRL's ``ScriptArguments``: the
+same names, meanings and defaults, so a ``trl <cmd>`` command line or YAML runs as ``posttrain <cmd>``.
+posttrain's older spellings (``--model``, ``--dataset``, ``--use_lora``) stay as aliases."""
 
 from __future__ import annotations
 
@@ -8,48 +12,140 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+# LoRA task type per posttrain task, when --lora_task_type is not given.
+_LORA_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}
+
 
 @dataclass
 class ModelArguments:
-    """Which model to start from, in which dtype, and whether to train a LoRA adapter on it."""
+    """Which model to start from, how to load it, and whether to train a LoRA adapter on it (TRL's
+    ``ModelConfig``)."""
 
-    model: str = field(default="tiny:llama", metadata={
-        "help": "Model to start from: 'tiny:<arch>[-5m|-50m]' (offline, arch in llama/gpt2/qwen2/t5), "
-                "a hub name, or a local directory saved with save_pretrained."})
-    dtype: str | None = field(default=None, metadata={
-        "help": "dtype to load the weights in: float32, bfloat16, float16 or auto (the checkpoint's). "
-                "Default: the checkpoint's dtype for saved models, float32 for tiny ones. Mixed precision "
-                "training is --bf16/--fp16."})
-    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+    model_name_or_path: str = field(default="tiny:llama", metadata={
+        "aliases": ["--model"],
+        "help": "Model to start from (--model works too): 'tiny:<arch>[-5m|-50m]' (built offline, arch in "
+                "llama/gpt2/qwen2/t5), a hub name, or a local directory saved with save_pretrained. "
+                "Default 'tiny:llama' (TRL has no default)."})
+    model_revision: str = field(default="main", metadata={
+        "help": "Hub model version to use: a branch name, a tag name or a commit id (ignored for local "
+                "directories and tiny models)."})
+    dtype: str | None = field(default="float32", metadata={
+        "help": "dtype to load the weights in: float32 (default, as TRL), bfloat16, float16, or auto (the "
+                "checkpoint's own dtype). Mixed-precision training is --bf16/--fp16."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Allow a hub model or tokenizer to run its own Python code (custom architectures). Only for "
+                "repositories you trust."})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "Attention implementation: eager, sdpa, flash_attention_2, ... (default: transformers' "
+                "choice, sdpa where available). flash_attention_2 needs the flash-attn package and a GPU."})
+    use_peft: bool = field(default=False, metadata={
+        "aliases": ["--use_lora"],
+        "help": "Train a LoRA adapter instead of all weights (--use_lora works too)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: str = field(default="all-linear", metadata={
-        "help": "Comma-separated module names to adapt (e.g. 'q_proj,v_proj'), or 'all-linear'."})
+    lora_alpha: int = field(default=32, metadata={
+        "help": "LoRA scaling numerator: scale = alpha / r (alpha / sqrt(r) with --use_rslora)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "Module names to adapt: a list (--lora_target_modules q_proj v_proj; a YAML list), a "
+                "comma-separated string ('q_proj,v_proj'), or 'all-linear'. Default: peft's choice for the "
+                "architecture (e.g. q_proj and v_proj for Llama), as TRL."})
+    lora_target_parameters: list[str] | None = field(default=None, metadata={
+        "help": "Parameter names to adapt directly (peft's target_parameters, e.g. MoE expert weights)."})
+    lora_modules_to_save: list[str] | None = field(default=None, metadata={
+        "help": "Modules to unfreeze and train fully beside the adapter (e.g. lm_head embed_tokens)."})
+    lora_task_type: str | None = field(default=None, metadata={
+        "help": "peft task type: CAUSAL_LM, SEQ_CLS, SEQ_2_SEQ_LM. Default: the command's (SEQ_CLS for "
+                "reward, SEQ_2_SEQ_LM for encoder-decoder models, CAUSAL_LM otherwise); TRL defaults to "
+                "CAUSAL_LM and asks for SEQ_CLS for reward modeling."})
+    use_rslora: bool = field(default=False, metadata={
+        "help": "Rank-stabilised LoRA: scale the adapter by lora_alpha / sqrt(r) instead of lora_alpha / r."})
+    use_dora: bool = field(default=False, metadata={
+        "help": "DoRA: split each adapted weight's update into magnitude and direction (LoRA learns the "
+                "direction). Often better at low ranks; slower than LoRA."})
+    load_in_8bit: bool = field(default=False, metadata={
+        "help": "Load the base model in 8 bits (bitsandbytes). Not supported yet: setting it is an error."})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "Load the base model in 4 bits (bitsandbytes, QLoRA). Not supported yet: setting it is an error."})
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={
+        "help": "4-bit quantization type, fp4 or nf4; used only with --load_in_4bit (not supported yet)."})
+    use_bnb_nested_quant: bool = field(default=False, metadata={
+        "help": "Nested 4-bit quantization; used only with --load_in_4bit (not supported yet)."})
+    bnb_4bit_quant_storage: str | None = field(default=None, metadata={
+        "help": "Storage dtype of 4-bit weights; used only with --load_in_4bit (not supported yet)."})
 
-    def peft_config(self, task_type: str):
-        """A peft.LoraConfig when ``use_lora`` is set, else None."""
-        if not self.use_lora:
+    def __post_init__(self):
+        if self.load_in_4bit or self.load_in_8bit:
+            flag = "load_in_4bit" if self.load_in_4bit else "load_in_8bit"
+            raise ValueError(f"--{flag}: quantized bases are not supported yet. Drop the flag and train a LoRA "
+                             "adapter (--use_peft) on a bfloat16 base (--dtype bfloat16) instead.")
+        from .models.loading import resolve_dtype
+
+        resolve_dtype(self.dtype)  # an unknown name fails here, naming the valid ones
+        self.lora_target_modules = _module_list(self.lora_target_modules)
+        self.lora_target_parameters = _module_list(self.lora_target_parameters)
+        self.lora_modules_to_save = _module_list(self.lora_modules_to_save)
+
+    def model_init_kwargs(self) -> dict:
+        """Keyword arguments for ``load_model`` (and ``from_pretrained``): dtype, revision, remote code,
+        attention implementation."""
+        return dict(dtype=self.dtype, revision=self.model_revision, trust_remote_code=self.trust_remote_code,
+                    attn_implementation=self.attn_implementation)
+
+    def peft_config(self, task: str = "causal-lm"):
+        """A ``peft.LoraConfig`` when ``use_peft`` is set, else None. ``task`` is posttrain's task name
+        (causal-lm, seq-cls, seq2seq); it picks the task type unless ``lora_task_type`` is given."""
+        if not self.use_peft:
             return None
         import peft
 
-        targets = self.lora_target_modules
+        extra = {"target_parameters": self.lora_target_parameters} if self.lora_target_parameters else {}
         return peft.LoraConfig(
-            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, task_type=task_type,
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])
+            task_type=self.lora_task_type or _LORA_TASK_TYPES.get(task, task), r=self.lora_r,
+            lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, target_modules=self.lora_target_modules,
+            bias="none", use_rslora=self.use_rslora, use_dora=self.use_dora,
+            modules_to_save=self.lora_modules_to_save, **extra)
+
+
+def _module_list(value):
+    """Module names as peft takes them: None, a special string like 'all-linear', or a list. Accepts a
+    list, a comma-separated string, or a one-item list of either (what ``--flag a,b`` parses to)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
+    items = [i.strip() for i in items if i.strip()]
+    if not items:
+        return None
+    return items[0] if len(items) == 1 and items[0] == "all-linear" else items
 
 
 @dataclass
 class DataArguments:
-    """Where the training (and optional evaluation) rows come from."""
+    """Where the training (and optional evaluation) rows come from (TRL's ``ScriptArguments``)."""
 
-    dataset: str = field(default=None, metadata={
-        "help": "Training data: a .jsonl, .json, .csv or .parquet file (required)."})
+    dataset_name: str | None = field(default=None, metadata={
+        "aliases": ["--dataset"],
+        "help": "Training data (required; --dataset works too): a .jsonl, .json, .csv or .parquet file; a "
+                "directory (a dataset saved with datasets' save_to_disk, or a folder of such files, split by "
+                "file name like train.jsonl/test.jsonl); or a hub dataset name when the hub is reachable."})
+    dataset_config: str | None = field(default=None, metadata={
+        "help": "Configuration name of a hub or folder dataset (the `name` of datasets.load_dataset)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(default="test", metadata={
+        "help": "Split to evaluate on, when the dataset has it and evaluation is on (--eval_strategy other "
+                "than 'no'), as in TRL's scripts. --eval_dataset or --eval_fraction take precedence."})
+    dataset_streaming: bool = field(default=False, metadata={
+        "help": "Stream the dataset instead of loading it. Not supported yet: setting it is an error."})
     eval_dataset: str | None = field(default=None, metadata={
-        "help": "Evaluation data file in the same format; or use --eval_fraction."})
+        "help": "Evaluation data, any form --dataset_name takes (its --dataset_test_split split if it has "
+                "several); turns evaluation on. Or use --eval_fraction."})
     eval_fraction: float = field(default=0.0, metadata={
-        "help": "Hold out this fraction of --dataset for evaluation (seeded by --seed) when no "
-                "--eval_dataset is given."})
+        "help": "Hold out this fraction of the training split for evaluation (seeded by --seed) when no "
+                "--eval_dataset is given; turns evaluation on."})
+
+    def __post_init__(self):
+        if self.dataset_streaming:
+            raise ValueError("--dataset_streaming: streaming datasets are not supported yet. Drop the flag; the "
+                             "dataset is loaded (memory-mapped by datasets) instead.")
 
 
 @dataclass
@@ -59,8 +155,9 @@ class PostTrainConfig(TrainingArguments):
 
     max_length: int | None = field(default=1024, metadata={
         "help": "Longest tokenized example; longer ones are truncated on --truncation_side."})
-    extra_columns: str = field(default="error", metadata={
-        "help": "What to do with dataset columns the format does not use: 'error' (default) or 'drop'."})
+    extra_columns: str = field(default="drop", metadata={
+        "help": "Dataset columns the format does not use: 'drop' (default, as TRL; a warning names them) or "
+                "'error' (strict: unexpected columns often mean the wrong dataset)."})
     logging_steps: float = field(default=10, metadata={
         "help": "Log every N optimizer steps (or a fraction of the run if < 1)."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
@@ -71,7 +168,7 @@ class PostTrainConfig(TrainingArguments):
                 "dropout rates and the config's dropout fields are set to 0, so the saved config records 0. "
                 "Default True for every posttrain trainer, SFT included; TRL defaults to True for DPO, KTO "
                 "and reward but its SFTConfig has no such field and keeps the model's dropout. A LoRA "
-                "adapter from --use_lora keeps its --lora_dropout."})
+                "adapter from --use_peft keeps its --lora_dropout."})
 
     def __post_init__(self):
         if self.extra_columns not in ("error", "drop"):

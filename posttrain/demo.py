@@ -170,8 +170,8 @@ class Demo:
     # ---- the stages ------------------------------------------------------------------------------------
     def train(self, command: str, model: str, dataset: str, config, eval_fraction: float = 0.0, callbacks=None):
         start = time.perf_counter()
-        trainer = run_training(command, ModelArguments(model=model),
-                               DataArguments(dataset=dataset, eval_fraction=eval_fraction), config, callbacks,
+        trainer = run_training(command, ModelArguments(model_name_or_path=model),
+                               DataArguments(dataset_name=dataset, eval_fraction=eval_fraction), config, callbacks,
                                bar_only=True)
         history = trainer.state.log_history
         return trainer, history, summary(command, trainer, time.perf_counter() - start)

@@ -10,7 +10,7 @@ from transformers import PrinterCallback, ProgressCallback
 
 from .checkpoint import resolve_resume
 from .config import DataArguments, ModelArguments
-from .data.formats import load_rows
+from .data.formats import DataFormatError, load_rows, load_splits
 from .rewards import BUILTIN_REWARDS
 from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, ReSTConfig,
                        ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
@@ -39,19 +39,44 @@ class RewardArguments:
     reward_funcs: list[str] = field(default_factory=list, metadata={
         "aliases": ["--reward"],
         "help": "One or more reward functions (TRL's --reward_funcs; --reward works too): a built-in ("
-                + "; ".join(f"{k}: {v}" for k, v in BUILTIN_REWARDS.items()) + "), a 'package.module:function', or a reward-model directory (e.g. saved by posttrain reward)."})
+                + "; ".join(f"{k}: {v}" for k, v in BUILTIN_REWARDS.items()) + "); a function by import path, "
+                "'package.module.function' (TRL's spelling) or 'package.module:function', looked up from the "
+                "working directory too; a TRL reward by name (think_format_reward, accuracy_reward, "
+                "reasoning_accuracy_reward, get_soft_overlong_punishment: needs trl installed); or a "
+                "reward-model directory (e.g. saved by posttrain reward)."})
+    reward_model_name_or_path: str | None = field(default=None, metadata={
+        "help": "A reward model (a directory saved with save_pretrained, e.g. by posttrain reward), scored "
+                "before the --reward_funcs, as TRL's GRPO/RLOO scripts do."})
     env: str | None = field(default=None, metadata={
         "help": "Roll out in a tool environment instead of plain sampling: 'calculator' (built in), or "
-                "'package.module:factory', a function returning a posttrain TextEnvironment."})
+                "'package.module:factory', a function returning a posttrain TextEnvironment. (In a YAML "
+                "--config, a mapping under 'env' sets environment variables instead, as in TRL.)"})
+
+    def specs(self) -> list[str]:
+        """The reward model (if any) then the reward functions, as spec strings."""
+        return [self.reward_model_name_or_path] * bool(self.reward_model_name_or_path) + list(self.reward_funcs)
 
 
-def _split(data_args: DataArguments, seed: int):
-    train = load_rows(data_args.dataset)
+def _split(data_args: DataArguments, config):
+    """Training and evaluation rows. Evaluation data, first found: --eval_dataset, --eval_fraction of the
+    training split, or (as TRL's scripts) the --dataset_test_split split when --eval_strategy is not 'no'."""
+    splits = load_splits(data_args.dataset_name, data_args.dataset_config)
+    train = load_rows(splits, data_args.dataset_train_split)
     if data_args.eval_dataset:
-        return train, load_rows(data_args.eval_dataset)
+        evals = load_splits(data_args.eval_dataset, data_args.dataset_config)
+        if data_args.dataset_test_split not in evals and len(evals) == 1:
+            return train, next(iter(evals.values()))
+        return train, load_rows(evals, data_args.dataset_test_split)
     if data_args.eval_fraction > 0:
-        parts = train.train_test_split(test_size=data_args.eval_fraction, seed=seed)
+        parts = train.train_test_split(test_size=data_args.eval_fraction, seed=config.seed)
         return parts["train"], parts["test"]
+    if config.eval_strategy != "no":
+        if data_args.dataset_test_split not in splits:
+            raise DataFormatError(
+                f"eval_strategy={getattr(config.eval_strategy, 'value', config.eval_strategy)!r} needs evaluation data, but {data_args.dataset_name!r}"
+                f" has no split {data_args.dataset_test_split!r} (it has {list(splits)}). Pass --eval_dataset, "
+                "--eval_fraction or another --dataset_test_split, or --eval_strategy no.")
+        return train, splits[data_args.dataset_test_split]
     return train, None
 
 
@@ -61,30 +86,32 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
 
     ``callbacks``: ``transformers.TrainerCallback`` objects (every trainer takes them). ``bar_only``: show
     the progress bar (with the latest loss, or reward and KL) but do not print every log entry."""
-    from .models.loading import is_encoder_decoder, load_model
+    from .models.loading import is_encoder_decoder, load_model, load_tokenizer
 
     trainer_cls, _, task, _ = COMMANDS[command]
-    train_rows, eval_rows = _split(data_args, config.seed)
+    train_rows, eval_rows = _split(data_args, config)
     online = command in ONLINE
-    if online and is_encoder_decoder(model_args.model):
-        task = "seq2seq"
     if eval_rows is not None and config.eval_strategy == "no" and command != "rest":
         config.eval_strategy = "steps"
         config.eval_steps = config.eval_steps or config.logging_steps
-    model = load_model(model_args.model, task, dtype=model_args.dtype, seed=config.seed)
-    model.config.name_or_path = model_args.model
-    peft_config = model_args.peft_config({"seq-cls": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}.get(task, "CAUSAL_LM"))
-    kwargs = dict(train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks, peft_config=peft_config)
+    name = model_args.model_name_or_path
+    model = load_model(name, task, seed=config.seed, **model_args.model_init_kwargs())
+    model.config.name_or_path = name
+    if online and is_encoder_decoder(model):
+        task = "seq2seq"
+    tokenizer = load_tokenizer(name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code)
+    kwargs = dict(train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks, processing_class=tokenizer,
+                  peft_config=model_args.peft_config(task))
     if online:
         rewards = config.reward_args
         if rewards.env:
             from .rollout.environment import load_environment
 
             kwargs["rollout_source"] = load_environment(rewards.env)
-        trainer = trainer_cls(model, rewards.reward_funcs, args=config, **kwargs)
+        trainer = trainer_cls(model, rewards.specs(), args=config, **kwargs)
     else:
         trainer = trainer_cls(model, config, **kwargs)
-    trainer.dataset_name = data_args.dataset
+    trainer.dataset_name = data_args.dataset_name
     if bar_only:
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)

@@ -275,7 +275,7 @@ def test_bar_only_prints_no_log_entries(tmp_path, capsys, bar_only):
     config = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, logging_steps=1, report_to="none",
                        per_device_train_batch_size=4, disable_tqdm=True, save_strategy="no")
     capsys.readouterr()
-    trainer = run_training("sft", ModelArguments(model="tiny:llama"), DataArguments(dataset=str(path)), config,
+    trainer = run_training("sft", ModelArguments(model_name_or_path="tiny:llama"), DataArguments(dataset_name=str(path)), config,
                            bar_only=bar_only)
     out = capsys.readouterr().out
     assert sum("loss" in e for e in trainer.state.log_history) == 3  # the entries were logged either way

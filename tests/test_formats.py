@@ -6,12 +6,13 @@ Every bad input must raise ``DataFormatError`` naming the row, the column and th
 from __future__ import annotations
 
 import json
+import logging
 
 import datasets
 import pytest
 
 from data_helpers import ALL, BAD, GOOD, PREF, SFT, assistant, chat, expect_error, pref, system, user
-from posttrain.data.formats import DatasetFormat, detect_format, load_rows, validate
+from posttrain.data.formats import DatasetFormat, detect_format, load_rows, load_splits, validate
 from posttrain.data.tokenize import check_tokenizer
 from posttrain.models.tiny import build_tokenizer
 
@@ -72,12 +73,12 @@ def test_validate_accepts_every_format(name, conversational, rows):
 
 def test_validate_picks_the_accepted_format_the_columns_match():
     # prompt+completion+label is unpaired preference, but a trainer that only takes prompt/completion
-    # reads it as prompt/completion with an extra column: an error by default, dropped on request.
+    # reads it as prompt/completion with an extra column: dropped by default (as TRL), an error on request.
     rows = [{"prompt": "The film", "completion": " was great.", "label": True}]
     assert validate(load_rows(rows), ALL)[1].name == "unpaired_preference"
-    expect_error(lambda: validate(load_rows(rows), SFT),
+    expect_error(lambda: validate(load_rows(rows), SFT, extra_columns="error"),
                  "Unexpected column(s) ['label'] for prompt_completion data", "extra_columns='drop'")
-    dataset, fmt = validate(load_rows(rows), SFT, extra_columns="drop")
+    dataset, fmt = validate(load_rows(rows), SFT)
     assert fmt == DatasetFormat("prompt_completion", False)
     assert dataset.column_names == ["prompt", "completion"]
     # A prompt-only trainer takes the prompts of preference data when told to drop the answers.
@@ -101,19 +102,27 @@ def test_validate_unrecognisable_columns():
                  "Cannot recognise a dataset with columns ['answer', 'question']")
 
 
-def test_extra_columns_error_by_default_and_drop():
-    rows = [{"text": "The film was great.", "id": 7, "source": "web"}]
-    expect_error(lambda: validate(load_rows(rows), SFT),
-                 "Unexpected column(s) ['id', 'source'] for language_modeling data (expected ['text'])",
-                 "Remove them, or pass extra_columns='drop' (CLI: --extra_columns drop)")
-    dataset, fmt = validate(load_rows(rows), SFT, extra_columns="drop")
+def test_extra_columns_dropped_by_default_with_one_note_and_error_on_request(caplog):
+    rows = [{"text": "The film was great.", "id": 7, "source": "web"}, {"text": "Dull.", "id": 8, "source": "web"}]
+    with caplog.at_level(logging.WARNING, logger="posttrain.data.formats"):
+        dataset, fmt = validate(load_rows(rows), SFT, what="SFTTrainer")
     assert dataset.column_names == ["text"] and dataset[0] == {"text": "The film was great."}
     assert fmt.name == "language_modeling"
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1, notes  # one note per dataset, not one per row
+    assert "SFTTrainer does not use column(s) ['id', 'source']" in notes[0] and "extra_columns='error'" in notes[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="posttrain.data.formats"):
+        validate(load_rows([{"text": "a"}]), SFT)
+    assert not caplog.records  # nothing dropped, nothing said
+    expect_error(lambda: validate(load_rows(rows), SFT, extra_columns="error"),
+                 "Unexpected column(s) ['id', 'source'] for language_modeling data (expected ['text'])",
+                 "Remove them, or pass extra_columns='drop' (CLI: --extra_columns drop)")
 
 
 def test_extra_column_message_mentions_optional_margin():
     rows = [{"chosen": "a b", "rejected": "a c", "weight": 1.0}]
-    expect_error(lambda: validate(load_rows(rows), PREF),
+    expect_error(lambda: validate(load_rows(rows), PREF, extra_columns="error"),
                  "Unexpected column(s) ['weight'] for implicit_preference data (expected ['chosen', 'rejected'] "
                  "and optionally ['margin'])")
 
@@ -280,7 +289,47 @@ def test_load_rows_extension_is_case_insensitive(tmp_path):
 def test_load_rows_missing_file(tmp_path):
     path = tmp_path / "nope.jsonl"
     expect_error(lambda: load_rows(path), f"Dataset file {str(path)!r} does not exist",
-                 "Give a .jsonl, .json, .csv or .parquet file", "datasets.load_dataset first")
+                 "Give a .jsonl, .json, .csv or .parquet file, a dataset directory, or a hub dataset name")
+
+
+@pytest.mark.parametrize("saved", ["dataset", "dataset_dict"])
+def test_load_splits_of_a_save_to_disk_directory(tmp_path, saved):
+    train, test = datasets.Dataset.from_list(PC_ROWS), datasets.Dataset.from_list(PC_ROWS[:1])
+    folder = tmp_path / "saved"
+    (train if saved == "dataset" else datasets.DatasetDict({"train": train, "test": test})).save_to_disk(str(folder))
+    splits = load_splits(folder)
+    assert list(splits) == (["train"] if saved == "dataset" else ["train", "test"])
+    assert load_rows(str(folder)).to_list() == PC_ROWS
+    if saved == "dataset_dict":
+        assert load_rows(folder, split="test").to_list() == PC_ROWS[:1]
+    expect_error(lambda: load_rows(folder, split="validation"),
+                 f"Dataset {str(folder)!r} has no split 'validation'", "--dataset_train_split")
+    expect_error(lambda: load_splits(folder, name="en"), "save_to_disk, which has no configurations")
+
+
+def test_load_splits_of_a_folder_of_files_split_by_name(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PC_ROWS))
+    (folder / "test.jsonl").write_text(json.dumps(PC_ROWS[1]) + "\n")
+    splits = load_splits(str(folder))
+    assert sorted(splits) == ["test", "train"]
+    assert load_rows(folder).to_list() == PC_ROWS and load_rows(folder, "test").to_list() == PC_ROWS[1:]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    expect_error(lambda: load_rows(empty), f"Could not read the dataset directory {str(empty)!r}",
+                 "split by file name")
+
+
+def test_hub_name_offline_is_a_clear_error(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    expect_error(lambda: load_rows("trl-lib/no-such-dataset-xyz"),
+                 "Dataset 'trl-lib/no-such-dataset-xyz' is not a local file or directory",
+                 "the hub is unreachable (HF_HUB_OFFLINE=1)", "Give a local .jsonl")
+    expect_error(lambda: load_splits(_write(tmp_path, PC_ROWS, "jsonl"), name="en"), "is a single file, which has none")
 
 
 def test_load_rows_unknown_extension(tmp_path):

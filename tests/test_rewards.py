@@ -114,7 +114,22 @@ def test_resolve_builtin_and_import_specs(tmp_path, monkeypatch):
             resolve_reward(bad)
     with pytest.raises(ValueError, match="Valid forms.*sentiment.*package.module:function.*config.json"):
         resolve_reward("nonsense")
+    # TRL's spelling: a dotted path to the function
+    assert resolve_reward("my_rewards_mod.shout") is fn
+    with pytest.raises(ValueError, match="no attribute 'missing'"):
+        resolve_reward("my_rewards_mod.missing")
+    with pytest.raises(ValueError, match="no module named 'no_such_reward_mod'"):
+        resolve_reward("no_such_reward_mod.sub.f")
     sys.modules.pop("my_rewards_mod", None)
+
+
+def test_resolve_trl_reward_names():
+    """The names TRL's GRPO/RLOO scripts take for trl.rewards functions resolve to those functions."""
+    trl_rewards = pytest.importorskip("trl.rewards")
+    assert resolve_reward("think_format_reward") is trl_rewards.think_format_reward
+    assert resolve_reward("trl.rewards.think_format_reward") is trl_rewards.think_format_reward
+    punish = resolve_reward("get_soft_overlong_punishment")  # built as TRL's script builds it: 1280 / 256
+    assert punish(completion_ids=[[0] * 1000, [0] * 1280]) == [0.0, pytest.approx(-1.0)]
 
 
 def test_reward_model_directory_scores_like_a_manual_forward(tmp_path):

@@ -1,4 +1,5 @@
-"""Recognise and validate dataset formats; load rows from a Dataset, a list of dicts or a file.
+"""Recognise and validate dataset formats; load rows from a Dataset, a list of dicts, a file, a
+dataset directory or a hub name (the one place datasets are loaded).
 
 Every error names the row, the column and the fix, so a bad row never becomes a crash deep in
 torch or a silently wrong batch.
@@ -6,10 +7,13 @@ torch or a silently wrong batch.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import datasets
+
+logger = logging.getLogger(__name__)
 
 # format -> (required columns, optional columns). Message-list values are "conversational".
 FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -37,50 +41,128 @@ class DatasetFormat:
     conversational: bool
 
 
-def load_rows(source, split: str = "train") -> datasets.Dataset:
-    """A ``datasets.Dataset`` from a Dataset, a DatasetDict (``split``), a list of dicts, or a path
-    to a .jsonl/.json/.csv/.parquet file."""
+def load_rows(source, split: str = "train", name: str | None = None) -> datasets.Dataset:
+    """A ``datasets.Dataset`` from a Dataset, a DatasetDict (``split``), a list of dicts, or anything
+    :func:`load_splits` reads (a file, a directory, a hub name), its ``split``. ``name``: the dataset
+    configuration (hub and folder datasets)."""
     if isinstance(source, datasets.Dataset):
         return source
-    if isinstance(source, datasets.DatasetDict):
-        if split not in source:
-            raise DataFormatError(f"The DatasetDict has no split {split!r}; it has {list(source)}.")
-        return source[split]
     if isinstance(source, list):
-        if not source:
-            raise DataFormatError("The dataset is an empty list; give at least one row.")
-        bad = next((i for i, r in enumerate(source) if not isinstance(r, dict)), None)
-        if bad is not None:
-            raise DataFormatError(f"Row {bad} is a {type(source[bad]).__name__}, not a dict of columns; "
-                                  "give a list of dicts such as {'prompt': ..., 'completion': ...}.")
-        keys = list(source[0])
-        for i, row in enumerate(source):
-            if list(row) != keys and set(row) != set(keys):
-                raise DataFormatError(f"Row {i} has columns {sorted(row)} but row 0 has {sorted(keys)}; "
-                                      "every row needs the same columns.")
-        try:
-            return datasets.Dataset.from_list(source)
-        except Exception as err:  # pyarrow cannot build a column that mixes types: say which row and column
-            raise _mixed_types_error(source, keys, err) from err
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise DataFormatError(f"Dataset file {path!r} does not exist. Give a .jsonl, .json, .csv or "
-                                  ".parquet file (hub datasets: load them with datasets.load_dataset first).")
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise DataFormatError(f"Dataset file {path!r} is empty; give at least one row.")
-        ext = os.path.splitext(path)[1].lstrip(".").lower()
-        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
-        if builder is None:
-            raise DataFormatError(f"Cannot read {path!r}: unknown extension {'.' + ext if ext else '(none)'}; "
-                                  "use .jsonl, .json, .csv or .parquet.")
-        try:
-            return datasets.load_dataset(builder, data_files=path, split="train")
-        except Exception as err:  # the builder's own error is long; say which file and why
-            cause = err.__cause__ or err
-            raise DataFormatError(f"Could not read {path!r} as {builder}: {type(cause).__name__}: {cause}") from err
+        return _from_list(source)
+    if isinstance(source, (datasets.DatasetDict, str, os.PathLike)):
+        splits = source if isinstance(source, datasets.DatasetDict) else load_splits(source, name)
+        if split not in splits:
+            what = "The DatasetDict" if isinstance(source, datasets.DatasetDict) else f"Dataset {os.fspath(source)!r}"
+            raise DataFormatError(f"{what} has no split {split!r}; it has {list(splits)}. Pick one of them "
+                                  "(CLI: --dataset_train_split / --dataset_test_split).")
+        return splits[split]
     raise DataFormatError(f"Unsupported dataset type {type(source).__name__}; give a datasets.Dataset, "
-                          "a list of dicts, or a path to a .jsonl/.json/.csv/.parquet file.")
+                          "a list of dicts, or a path to a .jsonl/.json/.csv/.parquet file or a dataset directory.")
+
+
+_BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}
+
+
+def load_splits(source, name: str | None = None) -> datasets.DatasetDict:
+    """Every split of a dataset given by path or name, as TRL's scripts find it with
+    ``datasets.load_dataset(dataset_name, name=dataset_config)`` (a Dataset or list of rows: one
+    ``train`` split):
+
+    - a .jsonl/.json/.csv/.parquet file: one ``train`` split;
+    - a directory saved with ``save_to_disk`` (a Dataset: one ``train`` split; a DatasetDict: its splits);
+    - a directory of such files: split by file name (``train.jsonl``, ``test.jsonl``, ...) as
+      ``datasets.load_dataset(directory)`` splits them;
+    - otherwise a hub dataset name, when the hub is reachable.
+    """
+    if isinstance(source, datasets.DatasetDict):
+        return source
+    if isinstance(source, (datasets.Dataset, list)):
+        return datasets.DatasetDict({"train": load_rows(source)})
+    if not isinstance(source, (str, os.PathLike)):
+        load_rows(source)  # raises the unsupported-type error
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        return _load_directory(path, name)
+    if os.path.isfile(path):
+        if name:
+            raise DataFormatError(f"dataset_config={name!r} names a configuration of a hub or folder dataset, but "
+                                  f"{path!r} is a single file, which has none. Drop --dataset_config.")
+        return datasets.DatasetDict({"train": _load_file(path)})
+    if _looks_like_a_file(path):
+        raise DataFormatError(f"Dataset file {path!r} does not exist. Give a .jsonl, .json, .csv or .parquet "
+                              "file, a dataset directory, or a hub dataset name.")
+    return _load_hub(path, name)
+
+
+def _looks_like_a_file(path: str) -> bool:
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    return ext in _BUILDERS or os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+
+
+def _load_file(path: str) -> datasets.Dataset:
+    if os.path.getsize(path) == 0:
+        raise DataFormatError(f"Dataset file {path!r} is empty; give at least one row.")
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    builder = _BUILDERS.get(ext)
+    if builder is None:
+        raise DataFormatError(f"Cannot read {path!r}: unknown extension {'.' + ext if ext else '(none)'}; "
+                              "use .jsonl, .json, .csv or .parquet.")
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as err:  # the builder's own error is long; say which file and why
+        cause = err.__cause__ or err
+        raise DataFormatError(f"Could not read {path!r} as {builder}: {type(cause).__name__}: {cause}") from err
+
+
+def _load_directory(path: str, name: str | None) -> datasets.DatasetDict:
+    saved = any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+    try:
+        if saved:  # written by save_to_disk
+            if name:
+                raise DataFormatError(f"dataset_config={name!r}: {path!r} is a dataset saved with save_to_disk, "
+                                      "which has no configurations. Drop --dataset_config.")
+            loaded = datasets.load_from_disk(path)
+            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        return datasets.load_dataset(path, name=name)
+    except DataFormatError:
+        raise
+    except Exception as err:
+        raise DataFormatError(f"Could not read the dataset directory {path!r}: {type(err).__name__}: {err}. A "
+                              "dataset directory holds a dataset saved with save_to_disk, or .jsonl/.json/.csv/"
+                              ".parquet files (split by file name: train.jsonl, test.jsonl, ...).") from err
+
+
+def _load_hub(name_or_path: str, name: str | None) -> datasets.DatasetDict:
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE
+    try:
+        return datasets.load_dataset(name_or_path, name=name)
+    except Exception as err:
+        where = ("the hub is unreachable (HF_HUB_OFFLINE=1)" if offline
+                 else f"loading it from the hub failed ({type(err).__name__}: {err})")
+        raise DataFormatError(f"Dataset {name_or_path!r} is not a local file or directory, and as a hub dataset "
+                              f"name it cannot be loaded: {where}. Give a local .jsonl/.json/.csv/.parquet file or "
+                              "a dataset directory (e.g. written by save_to_disk where the hub is reachable)."
+                              ) from err
+
+
+def _from_list(source: list) -> datasets.Dataset:
+    if not source:
+        raise DataFormatError("The dataset is an empty list; give at least one row.")
+    bad = next((i for i, r in enumerate(source) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise DataFormatError(f"Row {bad} is a {type(source[bad]).__name__}, not a dict of columns; "
+                              "give a list of dicts such as {'prompt': ..., 'completion': ...}.")
+    keys = list(source[0])
+    for i, row in enumerate(source):
+        if list(row) != keys and set(row) != set(keys):
+            raise DataFormatError(f"Row {i} has columns {sorted(row)} but row 0 has {sorted(keys)}; "
+                                  "every row needs the same columns.")
+    try:
+        return datasets.Dataset.from_list(source)
+    except Exception as err:  # pyarrow cannot build a column that mixes types: say which row and column
+        raise _mixed_types_error(source, keys, err) from err
 
 
 def _kind(value) -> str:
@@ -154,12 +236,13 @@ def _check_value(value, row: int, column: str, conversational: bool, allow_empty
         raise DataFormatError(f"Row {row}, column {column!r} is an empty string. Fill it in or drop the row.")
 
 
-def validate(dataset: datasets.Dataset, accepted: tuple[str, ...], extra_columns: str = "error",
+def validate(dataset: datasets.Dataset, accepted: tuple[str, ...], extra_columns: str = "drop",
              what: str = "this trainer") -> tuple[datasets.Dataset, DatasetFormat]:
     """Check every row of ``dataset`` against the first of ``accepted`` formats it matches.
 
-    ``extra_columns`` is ``"error"`` (default: unexpected columns often mean the wrong dataset) or
-    ``"drop"``. Returns the (possibly column-pruned) dataset and its format.
+    ``extra_columns`` is ``"drop"`` (default, as TRL: columns the format does not use are removed, and a
+    warning names them) or ``"error"`` (strict: unexpected columns often mean the wrong dataset).
+    Returns the (possibly column-pruned) dataset and its format.
     """
     if len(dataset) == 0:
         raise DataFormatError("The dataset has no rows.")
@@ -174,11 +257,13 @@ def validate(dataset: datasets.Dataset, accepted: tuple[str, ...], extra_columns
     extra = [c for c in dataset.column_names if c not in required + optional]
     if extra:
         if extra_columns == "drop":
+            logger.warning("%s does not use column(s) %s of this %s dataset; dropping them (set extra_columns="
+                           "'error' to make this an error).", what[0].upper() + what[1:], extra, name)
             dataset = dataset.remove_columns(extra)
         else:
             raise DataFormatError(f"Unexpected column(s) {extra} for {name} data (expected {list(required)}"
                                   f"{' and optionally ' + str(list(optional)) if optional else ''}). "
-                                  "Remove them, or pass extra_columns='drop' (CLI: --extra_columns drop).")
+                                  "Remove them, or pass extra_columns='drop' (CLI: --extra_columns drop) to drop them.")
     first = dataset[0][required[-1]] if name != "unpaired_preference" else dataset[0]["completion"]
     conversational = isinstance(first, list) or name == "conversational"
     for i, row in enumerate(dataset):

@@ -28,7 +28,8 @@ def resolve_dtype(dtype: str | torch.dtype | None):
 
 
 def load_tokenizer(name_or_path: str, **kwargs) -> transformers.PreTrainedTokenizerBase:
-    """The tokenizer for a model name; a tokenizer without a pad token gets eos as pad (said in a warning)."""
+    """The tokenizer for a model name; a tokenizer without a pad token gets eos as pad (said in a warning).
+    ``kwargs`` go to ``AutoTokenizer.from_pretrained`` (e.g. ``revision``, ``trust_remote_code``)."""
     if name_or_path.startswith("tiny:"):
         return build_tokenizer()
     tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
@@ -40,28 +41,37 @@ def load_tokenizer(name_or_path: str, **kwargs) -> transformers.PreTrainedTokeni
 
 
 def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dtype | None = None,
-               seed: int = 0, **kwargs):
+               seed: int = 0, revision: str | None = None, trust_remote_code: bool = False,
+               attn_implementation: str | None = None, **kwargs):
     """Load ``tiny:<arch>`` (built, seeded), a hub name, or a local directory for ``task``.
 
     ``task`` is ``causal-lm``, ``seq-cls`` (a one-label reward head unless ``num_labels`` is given)
-    or ``seq2seq``.
+    or ``seq2seq``. ``revision``, ``trust_remote_code`` and ``attn_implementation`` mean what they mean
+    to ``from_pretrained`` (TRL's ``--model_revision``, ``--trust_remote_code``,
+    ``--attn_implementation``); a tiny model takes only ``attn_implementation``.
     """
     if task not in _AUTO_CLASSES:
         raise ValueError(f"Unknown task {task!r}; expected one of {sorted(_AUTO_CLASSES)}.")
     dtype = resolve_dtype(dtype)
     if name_or_path.startswith("tiny:"):
         model = build_tiny_model(name_or_path, task, seed=seed, num_labels=kwargs.get("num_labels", 1))
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
         return model.to(dtype) if isinstance(dtype, torch.dtype) else model
     if task == "seq-cls":
         kwargs.setdefault("num_labels", 1)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    config = transformers.AutoConfig.from_pretrained(name_or_path)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    hub = {"revision": revision} if revision else {}
+    hub["trust_remote_code"] = trust_remote_code
+    config = transformers.AutoConfig.from_pretrained(name_or_path, **hub)
     if task == "causal-lm" and getattr(config, "is_encoder_decoder", False):
         task = "seq2seq"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a head the checkpoint lacks (e.g. a new reward head) starts the same every time
-        model = _AUTO_CLASSES[task].from_pretrained(name_or_path, **kwargs)
+        model = _AUTO_CLASSES[task].from_pretrained(name_or_path, **hub, **kwargs)
     if task == "seq-cls" and model.config.pad_token_id is None:
         # Sequence classifiers find the last real token through pad_token_id; borrow eos.
         model.config.pad_token_id = model.config.eos_token_id

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -238,14 +239,33 @@ def _spec_forms() -> str:
 
     names = ", ".join(BUILTIN_REWARDS)
     return (f"a built-in ({names}; an argument after ':', e.g. 'length:20'), an import path "
-            "'package.module:function', or a reward-model directory containing config.json")
+            "'package.module.function' or 'package.module:function', a TRL reward name ("
+            f"{', '.join(_TRL_REWARDS)}), or a reward-model directory containing config.json")
+
+
+# The names TRL's GRPO/RLOO scripts accept for functions of trl.rewards, with the arguments those scripts
+# build the factory ones with.
+_TRL_REWARDS = {"accuracy_reward": None, "reasoning_accuracy_reward": None, "think_format_reward": None,
+                "get_soft_overlong_punishment": {"max_completion_len": 1280, "soft_punish_cache": 256}}
+_DOTTED_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _trl_reward(name: str):
+    try:
+        import trl.rewards
+    except ImportError as err:
+        raise ValueError(f"Reward {name!r} is one of TRL's reward functions (trl.rewards); install trl to use it "
+                         f"(pip install trl), or use another reward: {_spec_forms()}.") from err
+    fn = getattr(trl.rewards, name)
+    return fn(**_TRL_REWARDS[name]) if _TRL_REWARDS[name] else fn
 
 
 def resolve_reward(spec):
     """A reward function from a spec: a callable (returned as is), a built-in name with an optional
     argument after ':' (``sentiment``, ``length:20``, ``regex:^\\d+``, ``arithmetic``), an import
-    path ``package.module:function``, or a directory with ``config.json`` (a reward model, scored by
-    :class:`~posttrain.rewards.model.RewardModelScorer`)."""
+    path (TRL's ``package.module.function``, or ``package.module:function``), a name TRL's scripts
+    accept for a ``trl.rewards`` function (``think_format_reward``, ...; needs trl), or a directory with
+    ``config.json`` (a reward model, scored by :class:`~posttrain.rewards.model.RewardModelScorer`)."""
     if callable(spec):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
@@ -265,8 +285,13 @@ def resolve_reward(spec):
     builtin = make_builtin(name, arg if has_arg else None)
     if builtin is not None:
         return builtin
+    if spec in _TRL_REWARDS:
+        return _trl_reward(spec)
     if IMPORT_PATH.match(spec):
         return import_callable(spec, "Reward")
+    if _DOTTED_PATH.match(spec):
+        module, _, function = spec.rpartition(".")
+        return import_callable(f"{module}:{function}", "Reward")
     raise ValueError(f"Unknown reward {spec!r}. Valid forms: {_spec_forms()}.")
 
 
