@@ -32,9 +32,6 @@ class ModelArguments:
     dtype: str | None = field(default="float32", metadata={
         "help": "dtype to load the weights in: float32 (default, as TRL), bfloat16, float16, or auto (the "
                 "checkpoint's own dtype). Mixed-precision training is --bf16/--fp16."})
-    trust_remote_code: bool = field(default=False, metadata={
-        "help": "Allow a hub model or tokenizer to run its own Python code (custom architectures). Only for "
-                "repositories you trust."})
     attn_implementation: str | None = field(default=None, metadata={
         "help": "Attention implementation: eager, sdpa, flash_attention_2, ... (default: transformers' "
                 "choice, sdpa where available). flash_attention_2 needs the flash-attn package and a GPU."})
@@ -85,10 +82,10 @@ class ModelArguments:
         self.lora_target_parameters = _module_list(self.lora_target_parameters)
         self.lora_modules_to_save = _module_list(self.lora_modules_to_save)
 
-    def model_init_kwargs(self) -> dict:
-        """Keyword arguments for ``load_model`` (and ``from_pretrained``): dtype, revision, remote code,
-        attention implementation."""
-        return dict(dtype=self.dtype, revision=self.model_revision, trust_remote_code=self.trust_remote_code,
+    def model_init_kwargs(self, trust_remote_code: bool = False) -> dict:
+        """Keyword arguments for ``load_model`` (and ``from_pretrained``): dtype, revision, remote code (a
+        field of the training config, as in TRL), attention implementation."""
+        return dict(dtype=self.dtype, revision=self.model_revision, trust_remote_code=trust_remote_code,
                     attn_implementation=self.attn_implementation)
 
     def peft_config(self, task: str = "causal-lm"):
@@ -163,6 +160,9 @@ class PostTrainConfig(TrainingArguments):
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
     save_total_limit: int | None = field(default=2, metadata={
         "help": "Keep at most this many checkpoints in output_dir (oldest deleted first)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Allow a hub model or tokenizer given by name to run its own Python code (custom "
+                "architectures). Only for repositories you trust."})
     disable_dropout: bool = field(default=True, metadata={
         "help": "Switch dropout off in the model (and DPO's reference model): dropout modules, attention "
                 "dropout rates and the config's dropout fields are set to 0, so the saved config records 0. "

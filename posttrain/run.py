@@ -95,11 +95,11 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
         config.eval_strategy = "steps"
         config.eval_steps = config.eval_steps or config.logging_steps
     name = model_args.model_name_or_path
-    model = load_model(name, task, seed=config.seed, **model_args.model_init_kwargs())
+    model = load_model(name, task, seed=config.seed, **model_args.model_init_kwargs(config.trust_remote_code))
     model.config.name_or_path = name
     if online and is_encoder_decoder(model):
         task = "seq2seq"
-    tokenizer = load_tokenizer(name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code)
+    tokenizer = load_tokenizer(name, revision=model_args.model_revision, trust_remote_code=config.trust_remote_code)
     kwargs = dict(train_dataset=train_rows, eval_dataset=eval_rows, callbacks=callbacks, processing_class=tokenizer,
                   peft_config=model_args.peft_config(task))
     if online:

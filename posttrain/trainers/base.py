@@ -32,7 +32,7 @@ class PostTrainer(transformers.Trainer):
                  peft_config=None, data_collator=None, callbacks=None, **kwargs):
         self.base_model_name = model if isinstance(model, str) else model.config.name_or_path
         if isinstance(model, str):
-            model = load_model(model, self.task, seed=args.seed)
+            model = load_model(model, self.task, seed=args.seed, trust_remote_code=args.trust_remote_code)
         if args.disable_dropout:  # before LoRA is added, so an adapter keeps the lora_dropout it asks for
             disable_dropout(model)
         if processing_class is None:

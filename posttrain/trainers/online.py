@@ -62,7 +62,7 @@ class OnlineTrainer:
         self.processing_class = self.tokenizer = processing_class or load_tokenizer(self.base_model_name)
         check_tokenizer(self.tokenizer)
         if isinstance(model, str):
-            model = load_model(model, "causal-lm", seed=args.seed)
+            model = load_model(model, "causal-lm", seed=args.seed, trust_remote_code=args.trust_remote_code)
         if peft_config is not None:
             import peft
 

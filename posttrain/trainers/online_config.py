@@ -30,6 +30,9 @@ class OnlineConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={
         "help": "Log every N optimizer steps (or this fraction of the run if < 1). TRL's default (10)."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate (TRL's GRPO default)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Allow a hub model or tokenizer given by name to run its own Python code (custom "
+                "architectures). Only for repositories you trust."})
     save_total_limit: int | None = field(default=2, metadata={
         "help": "Keep at most this many checkpoints in output_dir (oldest deleted first)."})
     # ---- batching -------------------------------------------------------------------------------------

@@ -25,8 +25,7 @@ from .base import PostTrainer
 logger = logging.getLogger(__name__)
 
 # TRL 1.16 SFTConfig fields posttrain does not implement: their defaults, which are the only values accepted.
-UNSUPPORTED_TRL_FIELDS = {"router_aux_loss_coef": None, "chat_template_path": None, "activation_offloading": False,
-                          "trust_remote_code": False}
+UNSUPPORTED_TRL_FIELDS = {"router_aux_loss_coef": None, "chat_template_path": None, "activation_offloading": False}
 
 
 @dataclass
@@ -38,8 +37,6 @@ class SFTConfig(PostTrainConfig):
     model_init_kwargs: dict[str, Any] | str | None = field(default=None, metadata={
         "help": "Keyword arguments for from_pretrained (e.g. {\"dtype\": \"bfloat16\"}) when the model is given "
                 "by name; a JSON string on the command line."})
-    trust_remote_code: bool = field(default=False, metadata={
-        "help": "TRL's option to run model code from the hub. Not supported by posttrain (only False)."})
     router_aux_loss_coef: float | None = field(default=None, metadata={
         "help": "TRL's MoE load-balancing loss weight. Not supported by posttrain (only None)."})
     chat_template_path: str | None = field(default=None, metadata={
