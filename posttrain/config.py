@@ -145,6 +145,23 @@ class DataArguments:
                              "dataset is loaded (memory-mapped by datasets) instead.")
 
 
+BF16_HELP = ("Mixed precision in bfloat16. Default None: on where it is fast -- a CUDA GPU that supports bf16 -- "
+             "and off on CPU (TRL's None means on unless --fp16, CPU included, where bf16 autocast is slow). "
+             "--bf16 true/false forces it.")
+
+
+GRADIENT_CHECKPOINTING_HELP = (
+    "Recompute activations in the backward pass: less memory, about 20-30% slower. Default off (posttrain "
+    "picks speed); TRL defaults to True: pass --gradient_checkpointing true for TRL's behaviour.")
+
+
+def resolve_bf16(args) -> None:
+    """TRL's ``bf16=None`` default, resolved before TrainingArguments validates precision flags."""
+    if args.bf16 is None:
+        args.bf16 = bool(not args.fp16 and not args.use_cpu and torch.cuda.is_available()
+                         and torch.cuda.is_bf16_supported())
+
+
 @dataclass
 class PostTrainConfig(TrainingArguments):
     """Fields every posttrain trainer adds to transformers.TrainingArguments (which brings
@@ -159,7 +176,10 @@ class PostTrainConfig(TrainingArguments):
         "help": "Log every N optimizer steps (or a fraction of the run if < 1)."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
     save_total_limit: int | None = field(default=2, metadata={
-        "help": "Keep at most this many checkpoints in output_dir (oldest deleted first)."})
+        "help": "Keep at most this many checkpoints in output_dir (oldest deleted first). Default 2 so a long "
+                "run cannot fill the disk; TRL keeps all (None): pass --save_total_limit none for that."})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": GRADIENT_CHECKPOINTING_HELP})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow a hub model or tokenizer given by name to run its own Python code (custom "
                 "architectures). Only for repositories you trust."})
@@ -171,6 +191,7 @@ class PostTrainConfig(TrainingArguments):
                 "adapter from --use_peft keeps its --lora_dropout."})
 
     def __post_init__(self):
+        resolve_bf16(self)
         if self.extra_columns not in ("error", "drop"):
             raise ValueError(f"extra_columns must be 'error' or 'drop', got {self.extra_columns!r}.")
         # Our collators emit the columns the loss needs; the Trainer must not prune them.

@@ -201,7 +201,7 @@ def test_mixed_precision_and_bf16_weights_train(tmp_path):
 # ---- TRL 1.16 compatibility --------------------------------------------------------------------------
 
 # Defaults that deliberately differ from TRL's SFTConfig (each documented in the field's help).
-DELIBERATE = {"gradient_checkpointing", "bf16", "save_total_limit"}
+DELIBERATE = {"gradient_checkpointing", "save_total_limit"}
 
 
 def test_every_trl_sft_field_exists_with_trls_default():

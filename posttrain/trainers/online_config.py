@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from ..config import BF16_HELP, GRADIENT_CHECKPOINTING_HELP, resolve_bf16
 from ..rollout import SamplingConfig
 
 GENERATION_KWARGS = ("min_new_tokens", "stop_strings")  # what generation_kwargs may set besides the fields
@@ -30,11 +31,14 @@ class OnlineConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={
         "help": "Log every N optimizer steps (or this fraction of the run if < 1). TRL's default (10)."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate (TRL's GRPO default)."})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": GRADIENT_CHECKPOINTING_HELP})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow a hub model or tokenizer given by name to run its own Python code (custom "
                 "architectures). Only for repositories you trust."})
     save_total_limit: int | None = field(default=2, metadata={
-        "help": "Keep at most this many checkpoints in output_dir (oldest deleted first)."})
+        "help": "Keep at most this many checkpoints in output_dir (oldest deleted first). Default 2 so a long "
+                "run cannot fill the disk; TRL keeps all (None): pass --save_total_limit none for that."})
     # ---- batching -------------------------------------------------------------------------------------
     steps_per_generation: int | None = field(default=None, metadata={
         "help": "Micro-batches of per_device_train_batch_size completions sampled per generation "
@@ -90,6 +94,7 @@ class OnlineConfig(TrainingArguments):
             self.output_dir = f"runs/{type(self).__name__.removesuffix('Config').lower()}"
         if not torch.cuda.is_available():
             self.use_cpu = True  # else `accelerate launch` on CPUs runs every process alone, no gloo group
+        resolve_bf16(self)
         super().__post_init__()
         if self.steps_per_generation is None:
             self.steps_per_generation = self.gradient_accumulation_steps
