@@ -179,7 +179,7 @@ def test_reference_free_losses_run_without_a_reference(loss_type, tmp_path):
     assert margins[-1] > margins[0]
 
 
-@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust", "bco_pair", "discopop"])
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust", "bco_pair", "apo_zero"])
 def test_other_reference_losses_learn(loss_type, tmp_path):
     trainer = DPOTrainer("tiny:llama", config(tmp_path, loss_type=loss_type, max_steps=6, label_smoothing=0.1
                                               if loss_type == "robust" else 0.0), train_dataset=toy.preference_pairs(48))
@@ -266,14 +266,14 @@ def test_trl_signature_and_combined_loss(tmp_path):
     ["sigmoid", "sft"] with weights [1, 0.5] at step one (policy == reference) is log 2 + 0.5 * the
     token-mean NLL of the chosen answers, summed here by hand."""
     rows = toy.preference_pairs(8, seed=10)
+    with pytest.raises(TypeError, match="posttrain DPOConfig"):
+        DPOTrainer("tiny:llama", None, SFTConfig(output_dir=str(tmp_path)), train_dataset=rows)
     args = config(tmp_path, max_steps=1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
     model, ref_model = load_model("tiny:llama"), load_model("tiny:llama", seed=1)
     trainer = DPOTrainer(model, ref_model, args, train_dataset=rows)
     assert trainer.ref_model is not None and trainer.reference_strategy == "copy"
     old_style = DPOTrainer(load_model("tiny:llama"), args, train_dataset=rows)
     assert old_style.args is args and old_style.reference_strategy == "copy"
-    with pytest.raises(TypeError, match="posttrain DPOConfig"):
-        DPOTrainer(model, None, SFTConfig(output_dir=str(tmp_path)), train_dataset=rows)
     old_style.train()
     batch = old_style.data_collator([old_style.train_dataset[i] for i in range(8)])
     model = load_model("tiny:llama")
