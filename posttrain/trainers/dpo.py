@@ -33,16 +33,20 @@ from .base import PostTrainer
 
 
 # ---- TRL fields posttrain accepts but does not implement ---------------------------------------------
+NOT_IMPLEMENTED = "Not implemented in posttrain"
+
+
 def unimplemented(default, what: str):
     """A TRL config field kept so TRL configs and scripts load: at its default it changes nothing, any
-    other value raises (see :func:`refuse_unimplemented`) instead of being silently ignored."""
-    return field(default=default, metadata={"help": f"TRL: {what} Not implemented in posttrain: only the default "
-                                                    f"({default!r}) is accepted.", "unimplemented": True})
+    other value raises (see :func:`refuse_unimplemented`, which finds these fields by their help text)
+    instead of being silently ignored."""
+    return field(default=default, metadata={
+        "help": f"TRL: {what} {NOT_IMPLEMENTED}: only the default ({default!r}) is accepted."})
 
 
 def refuse_unimplemented(config) -> None:
     for f in dataclasses.fields(config):
-        if f.metadata.get("unimplemented") and getattr(config, f.name) != f.default:
+        if NOT_IMPLEMENTED in f.metadata.get("help", "") and getattr(config, f.name) != f.default:
             raise ValueError(f"{type(config).__name__}.{f.name}={getattr(config, f.name)!r}: this TRL option is not "
                              f"implemented in posttrain. Leave it at its default ({f.default!r}) or use TRL for it.")
 
