@@ -43,7 +43,7 @@ class KTOConfig(PostTrainConfig):
         "help": "Order of the training rows: random (shuffled; posttrain's default) or sequential (TRL 1.16's "
                 "KTO default, which it needs because it pairs the KL completions in dataset order). posttrain "
                 "builds the mismatched pairs inside each batch, so shuffling is safe; 'sequential' gives TRL's "
-                "order.", "choices": ["random", "sequential", "group_by_length"]})
+                "order.", "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
     reference: str = field(default="auto", metadata={
         "help": "Reference model (posttrain): copy (frozen copy of the start, or the ref_model given), adapter "
                 "(LoRA policy with the adapter off), or auto (the ref_model if given, adapter with LoRA, else copy)."})
