@@ -12,8 +12,8 @@ from .checkpoint import resolve_resume
 from .config import DataArguments, ModelArguments
 from .data.formats import load_rows
 from .rewards import BUILTIN_REWARDS
-from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, PPOConfig, PPOTrainer, ReSTConfig,
-                       ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
+from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, PPOConfig,
+                       PPOTrainer, ReSTConfig, ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
 COMMANDS = {
     "sft": (SFTTrainer, SFTConfig, "causal-lm", "Supervised fine-tuning on text, prompt/completion or messages."),

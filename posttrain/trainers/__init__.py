@@ -8,5 +8,6 @@ from .reward import RewardConfig, RewardTrainer
 from .rloo import RLOOConfig, RLOOTrainer
 from .sft import SFTConfig, SFTTrainer
 
-__all__ = ["DPOConfig", "DPOTrainer", "GRPOConfig", "GRPOTrainer", "KTOConfig", "KTOTrainer", "OnlineConfig", "PPOConfig", "PPOTrainer",
+__all__ = ["DPOConfig", "DPOTrainer", "GRPOConfig", "GRPOTrainer", "KTOConfig", "KTOTrainer", "OnlineConfig",
+           "PPOConfig", "PPOTrainer",
            "ReSTConfig", "ReSTTrainer", "RLOOConfig", "RLOOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer"]
