@@ -8,10 +8,11 @@ from .data.formats import DataFormatError
 from .models.loading import load_model, load_tokenizer
 from .models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
 from .rollout.environment import TextEnvironment
-from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, ReSTConfig,
-                       ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
+from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, PPOConfig,
+                       PPOTrainer, ReSTConfig, ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
 __all__ = ["AutoModelForCausalLMWithValueHead", "AutoModelForSeq2SeqLMWithValueHead", "DPOConfig", "DPOTrainer",
-           "DataArguments", "DataFormatError", "GRPOConfig", "GRPOTrainer", "ModelArguments", "PPOConfig",
+           "DataArguments", "DataFormatError", "GRPOConfig", "GRPOTrainer", "KTOConfig", "KTOTrainer", "ModelArguments",
+           "PPOConfig",
            "PPOTrainer", "ReSTConfig", "ReSTTrainer", "RLOOConfig", "RLOOTrainer", "TextEnvironment", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer",
            "load_model", "load_tokenizer"]

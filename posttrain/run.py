@@ -12,16 +12,16 @@ from .checkpoint import resolve_resume
 from .config import DataArguments, ModelArguments
 from .data.formats import DataFormatError, load_rows, load_splits
 from .rewards import BUILTIN_REWARDS
-from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, ReSTConfig,
-                       ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
+from .trainers import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, PPOConfig,
+                       PPOTrainer, ReSTConfig, ReSTTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
 COMMANDS = {
     "sft": (SFTTrainer, SFTConfig, "causal-lm", "Supervised fine-tuning on text, prompt/completion or messages."),
     "reward": (RewardTrainer, RewardConfig, "seq-cls", "Train a reward model on prompt/chosen/rejected pairs."),
     "dpo": (DPOTrainer, DPOConfig, "causal-lm", "Preference optimisation on prompt/chosen/rejected pairs "
             "(DPO, cDPO, robust, IPO, hinge, SimPO, ORPO: --loss_type)."),
-    "kto": (DPOTrainer, DPOConfig, "causal-lm", "KTO on unpaired prompt/completion/label rows "
-            "(posttrain dpo --loss_type kto)."),
+    "kto": (KTOTrainer, KTOConfig, "causal-lm", "KTO on unpaired prompt/completion/label rows (paired "
+            "prompt/chosen/rejected rows are unpaired first, as TRL)."),
     "ppo": (PPOTrainer, PPOConfig, "causal-lm", "PPO with a value head and a KL penalty, on prompts, "
             "against --reward_funcs."),
     "grpo": (GRPOTrainer, GRPOConfig, "causal-lm", "GRPO: G samples per prompt, group-normalised advantages."),
@@ -158,8 +158,8 @@ def summary(command: str, trainer, seconds: float) -> str:
     if losses:
         parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     metrics = trainer.final_metrics()
-    for key in ("eval_loss", "eval_accuracy", "eval_mean_token_accuracy", "eval_rewards/accuracy",
-                "eval_rewards/margin", "accuracy", "mean_token_accuracy", "rewards/accuracy"):
+    for key in ("eval_loss", "eval_accuracy", "eval_mean_token_accuracy", "eval_rewards/accuracies",
+                "eval_rewards/margins", "accuracy", "mean_token_accuracy", "rewards/accuracies", "rewards/margins"):
         if key in metrics:
             parts.append(f"{key} {metrics[key]:.4f}")
     return " | ".join(parts)

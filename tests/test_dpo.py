@@ -1,5 +1,5 @@
 """DPOTrainer: learning, reference strategies (copy, adapter, precomputed, none), prefix sharing,
-KTO, bad rows, resume."""
+TRL's config fields, signature and metric names, combined losses, bad rows, resume."""
 
 import math
 
@@ -53,11 +53,11 @@ def test_dpo_separates_held_out_pairs_and_margin_grows(sft_dir, tmp_path):
                          train_dataset=toy.preference_pairs(300, seed=2), eval_dataset=toy.preference_pairs(100, seed=3))
     trainer.train()
     held_out = trainer.evaluate()
-    margins = logged(trainer, "rewards/margin")
-    print(f"held-out implicit-reward accuracy {held_out['eval_rewards/accuracy']:.3f}, train margins {margins}")
-    assert held_out["eval_rewards/accuracy"] >= 0.9
+    margins = logged(trainer, "rewards/margins")
+    print(f"held-out implicit-reward accuracy {held_out['eval_rewards/accuracies']:.3f}, train margins {margins}")
+    assert held_out["eval_rewards/accuracies"] >= 0.9
     assert margins[-1] > margins[0] > 0
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "logps/chosen", "logps/rejected"):
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected"):
         assert logged(trainer, key)
 
 
@@ -130,7 +130,7 @@ def test_precomputed_reference_matches_copy_and_skips_the_reference_forward(tmp_
     print(f"reference forwards during training: copy {copy.reference_forwards}, precomputed {pre.reference_forwards}")
     assert copy.reference_forwards == 6 and pre.reference_forwards == 0
     assert logged(pre, "loss") == pytest.approx(logged(copy, "loss"), abs=1e-5)
-    assert logged(pre, "rewards/margin") == pytest.approx(logged(copy, "rewards/margin"), abs=1e-5)
+    assert logged(pre, "rewards/margins") == pytest.approx(logged(copy, "rewards/margins"), abs=1e-5)
     # A second run finds the cache (keyed by model, tokenizer and data) instead of recomputing.
     calls = {"n": 0}
     original = DPOTrainer.pair_logps
@@ -165,7 +165,7 @@ def test_lora_reference_is_the_adapter_switched_off(tmp_path):
         policy = trainer.pair_logps(trainer.model, batch)
     assert torch.allclose(ref_chosen, expected[0], atol=1e-5) and torch.allclose(ref_rejected, expected[1], atol=1e-5)
     assert not torch.allclose(policy[0], expected[0], atol=1e-3)  # the adapter did learn something
-    assert logged(trainer, "rewards/margin")[-1] > logged(trainer, "rewards/margin")[0]
+    assert logged(trainer, "rewards/margins")[-1] > logged(trainer, "rewards/margins")[0]
 
 
 @pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
@@ -175,45 +175,17 @@ def test_reference_free_losses_run_without_a_reference(loss_type, tmp_path):
     assert trainer.reference_strategy == "none" and trainer.ref_model is None
     trainer.train()
     assert trainer.reference_forwards == 0
-    margins = logged(trainer, "rewards/margin")
+    margins = logged(trainer, "rewards/margins")
     assert margins[-1] > margins[0]
 
 
-@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust"])
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust", "bco_pair", "apo_zero"])
 def test_other_reference_losses_learn(loss_type, tmp_path):
     trainer = DPOTrainer("tiny:llama", config(tmp_path, loss_type=loss_type, max_steps=6, label_smoothing=0.1
                                               if loss_type == "robust" else 0.0), train_dataset=toy.preference_pairs(48))
     trainer.train()
-    margins = logged(trainer, "rewards/margin")
+    margins = logged(trainer, "rewards/margins")
     assert margins[-1] > margins[0]
-
-
-def test_kto_learns_from_unpaired_rows(tmp_path):
-    pairs = toy.preference_pairs(64, seed=8)
-    rows = [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 else p["rejected"], "label": bool(i % 2)}
-            for i, p in enumerate(pairs)]
-    trainer = DPOTrainer("tiny:llama", config(tmp_path, loss_type="kto", max_steps=12), train_dataset=rows)
-    trainer.train()
-    desirable, undesirable = logged(trainer, "rewards/desirable"), logged(trainer, "rewards/undesirable")
-    assert desirable[-1] - undesirable[-1] > desirable[0] - undesirable[0]
-    # KTO's reference point z0 is the batch mean of log π - log ref over the mismatched pairs (prompt i with
-    # completion i+1), clamped at 0: check the recorded value against that sum done by hand, on both sides
-    # of the clamp (a value that is only ever clamped would hide a flipped sign or a wrong pairing).
-    trainer.model.eval()
-    unclamped = []
-    for start in range(0, len(rows), 8):
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(start, start + 8)])
-        with torch.no_grad():
-            trainer.compute_loss(trainer.model, batch)
-        mismatched = {k: v[8:] for k, v in batch.items() if k != "label"}
-        z = (summed_logps(trainer.model, mismatched) - summed_logps(trainer.ref_model, mismatched)).mean().item()
-        assert float(trainer._metrics["eval"]["kl"][-1]) == pytest.approx(max(z, 0.0), abs=1e-4)
-        unclamped.append(z)
-    assert min(unclamped) < -1e-2 and max(unclamped) > 1e-2, unclamped
-    with pytest.raises(ValueError, match="batch"):
-        DPOTrainer("tiny:llama", config(tmp_path, loss_type="kto", per_device_train_batch_size=1), train_dataset=rows)
-    with pytest.raises(ValueError, match="cannot be precomputed"):
-        DPOTrainer("tiny:llama", config(tmp_path, loss_type="kto", reference="precomputed"), train_dataset=rows)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -239,7 +211,9 @@ def test_reference_strategy_errors(tmp_path):
     with pytest.raises(ValueError, match="reference-free"):
         DPOTrainer("tiny:llama", config(tmp_path, reference="none"), train_dataset=rows)
     with pytest.raises(ValueError, match="Unknown loss_type"):
-        DPOTrainer("tiny:llama", config(tmp_path, loss_type="dpo++"), train_dataset=rows)
+        config(tmp_path, loss_type="dpo++")
+    with pytest.raises(ValueError, match="KTOTrainer"):
+        config(tmp_path, loss_type="kto")
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
@@ -260,3 +234,49 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_trl_config_fields_and_defaults(tmp_path):
+    """TRL 1.16's DPOConfig names and defaults; a TRL option posttrain lacks is refused, never ignored."""
+    import trl
+
+    ours, theirs = DPOConfig(output_dir=str(tmp_path)), trl.DPOConfig(output_dir=str(tmp_path), bf16=False)
+    for name in ("learning_rate", "loss_type", "loss_weights", "beta", "label_smoothing", "discopop_tau",
+                 "max_length", "precompute_ref_log_probs", "precompute_ref_batch_size", "disable_dropout",
+                 "truncation_mode", "logging_steps", "use_weighting", "ld_alpha", "f_divergence_type",
+                 "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "padding_free"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert config(tmp_path, loss_type="ipo").loss_type == ["ipo"]  # a string becomes a list, as TRL
+    with pytest.raises(ValueError, match="loss_weights has 1 values for 2"):
+        config(tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+    for name, value in (("use_weighting", True), ("ld_alpha", 0.5), ("sync_ref_model", True),
+                        ("f_divergence_type", "js_divergence"), ("model_init_kwargs", {"dtype": "bfloat16"})):
+        with pytest.raises(ValueError, match=f"{name}=.*not implemented in posttrain"):
+            config(tmp_path, **{name: value})
+    assert config(tmp_path, precompute_ref_log_probs=True).reference == "precomputed"
+    assert config(tmp_path, reference="precomputed").precompute_ref_log_probs
+    with pytest.raises(ValueError, match="contradicts"):
+        config(tmp_path, precompute_ref_log_probs=True, reference="copy")
+    with pytest.raises(ValueError, match="exo_pair needs label_smoothing"):
+        config(tmp_path, loss_type="exo_pair")
+
+
+def test_trl_signature_and_combined_loss(tmp_path):
+    """DPOTrainer(model, ref_model, args) as TRL; the old DPOTrainer(model, config) too. The loss of
+    ["sigmoid", "sft"] with weights [1, 0.5] at step one (policy == reference) is log 2 + 0.5 * the
+    token-mean NLL of the chosen answers, summed here by hand."""
+    rows = toy.preference_pairs(8, seed=10)
+    with pytest.raises(TypeError, match="posttrain DPOConfig"):
+        DPOTrainer("tiny:llama", None, SFTConfig(output_dir=str(tmp_path)), train_dataset=rows)
+    args = config(tmp_path, max_steps=1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
+    model, ref_model = load_model("tiny:llama"), load_model("tiny:llama", seed=1)
+    trainer = DPOTrainer(model, ref_model, args, train_dataset=rows)
+    assert trainer.ref_model is not None and trainer.reference_strategy == "copy"
+    old_style = DPOTrainer(load_model("tiny:llama"), args, train_dataset=rows)
+    assert old_style.args is args and old_style.reference_strategy == "copy"
+    old_style.train()
+    batch = old_style.data_collator([old_style.train_dataset[i] for i in range(8)])
+    model = load_model("tiny:llama")
+    nll = -summed_logps(model, {k: v[:8] for k, v in batch.items()}).sum() / batch["completion_mask"][:8, 1:].sum()
+    assert logged(old_style, "loss")[0] == pytest.approx(math.log(2) + 0.5 * nll.item(), abs=1e-4)
+    assert logged(old_style, "rewards/margins")[0] == pytest.approx(0.0, abs=1e-6)

@@ -63,3 +63,26 @@ def test_reward_with_lora_and_other_architectures(arch, tmp_path):
     assert logged[-1]["loss"] < logged[0]["loss"]
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "score" in n for n in trainable)
+
+
+def test_trl_config_defaults_signature_and_metric_names(tmp_path):
+    import trl
+
+    ours, theirs = RewardConfig(output_dir=str(tmp_path)), trl.RewardConfig(output_dir=str(tmp_path), bf16=False)
+    for name in ("learning_rate", "center_rewards_coefficient", "max_length", "disable_dropout", "logging_steps"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    with pytest.raises(ValueError, match="chat_template_path=.*not implemented in posttrain"):
+        config(tmp_path, chat_template_path="template.jinja")
+    rows = toy.preference_pairs(8, seed=1)
+    # TRL's positional order: model, args, data_collator, train_dataset
+    trainer = RewardTrainer("tiny:llama", config(tmp_path, max_steps=1, logging_steps=1), None, rows)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    with torch.no_grad():
+        rewards = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    trainer.train()
+    first = next(e for e in trainer.state.log_history if "loss" in e)
+    chosen, rejected = rewards.chunk(2)
+    expected = {"min_reward": rewards.min(), "mean_reward": rewards.mean(), "max_reward": rewards.max(),
+                "accuracy": (chosen > rejected).float().mean(), "margin": (chosen - rejected).mean()}
+    for key, value in expected.items():  # the batch is the whole dataset: step one sees these rows
+        assert first[key] == pytest.approx(value.item(), abs=1e-5), key

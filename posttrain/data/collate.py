@@ -129,7 +129,8 @@ class SharedPrefixCollator:
 
 class UnpairedCollator:
     """KTO batches of ``{"prompt_ids", "completion_ids", "label"}`` rows: the B matched sequences, then
-    B mismatched ones (prompt i with completion i+1) from which KTO estimates its KL reference point."""
+    B mismatched ones (prompt i with completion i-1, the rotation TRL 1.16 uses) from which KTO estimates
+    its KL reference point."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -137,7 +138,7 @@ class UnpairedCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         n = len(features)
         pairs = [(f["prompt_ids"], f["completion_ids"]) for f in features]
-        pairs += [(features[i]["prompt_ids"], features[(i + 1) % n]["completion_ids"]) for i in range(n)]
+        pairs += [(features[i]["prompt_ids"], features[i - 1]["completion_ids"]) for i in range(n)]
         seqs = [p + c for p, c in pairs]
         return {
             "input_ids": pad(seqs, self.pad_token_id),

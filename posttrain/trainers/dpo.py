@@ -1,92 +1,215 @@
-"""Offline preference optimisation: DPO and its family (cDPO, robust DPO, IPO, SLiC hinge), the
-reference-free SimPO and ORPO, and KTO for unpaired data -- one trainer, the loss chosen by name.
+"""Offline preference optimisation on pairs: DPO and its family (every TRL 1.16 ``loss_type``, combinable
+with ``loss_weights``), and the reference-free SimPO and ORPO. KTO (unpaired rows) is ``KTOTrainer``.
 
 Recipe: preference rows -> prompt / chosen / rejected ids (prompt tokenized once) -> a batch of
 chosen and rejected sequences (or one shared-prefix row per pair) -> ONE policy forward -> summed
 answer log-probs -> reference log-probs (frozen copy, adapter switched off, precomputed, or none)
--> loss -> step.
+-> weighted sum of the losses -> step.
+
+``DPOConfig`` takes TRL 1.16's field names with TRL's meanings and defaults; TRL fields posttrain does
+not implement are accepted at their defaults and raise an error when set to anything else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+from transformers import TrainingArguments
 
 from ..config import PostTrainConfig
-from ..data.collate import PreferenceCollator, SharedPrefixCollator, UnpairedCollator
+from ..data.collate import PreferenceCollator, SharedPrefixCollator
 from ..data.formats import DataFormatError
-from ..data.tokenize import tokenize_preference_row, tokenize_unpaired_row
+from ..data.tokenize import tokenize_preference_row
 from ..losses.logprobs import answer_logps, shared_prefix_pair_logps
-from ..losses.preference import PAIRED_LOSSES, REFERENCE_FREE, dpo_loss, kto_loss, orpo_loss, simpo_loss
+from ..losses.preference import PAIRED_LOSSES, REFERENCE_FREE, chosen_nll, dpo_loss, orpo_loss, simpo_loss
 from ..models import reference as ref
 from ..models.loading import disable_dropout
 from .base import PostTrainer
 
-LOSS_TYPES = (*PAIRED_LOSSES, "kto")
+
+# ---- TRL fields posttrain accepts but does not implement ---------------------------------------------
+NOT_IMPLEMENTED = "Not implemented in posttrain"
+
+
+def unimplemented(default, what: str):
+    """A TRL config field kept so TRL configs and scripts load: at its default it changes nothing, any
+    other value raises (see :func:`refuse_unimplemented`, which finds these fields by their help text)
+    instead of being silently ignored."""
+    return field(default=default, metadata={
+        "help": f"TRL: {what} {NOT_IMPLEMENTED}: only the default ({default!r}) is accepted."})
+
+
+def refuse_unimplemented(config) -> None:
+    for f in dataclasses.fields(config):
+        if NOT_IMPLEMENTED in f.metadata.get("help", "") and getattr(config, f.name) != f.default:
+            raise ValueError(f"{type(config).__name__}.{f.name}={getattr(config, f.name)!r}: this TRL option is not "
+                             f"implemented in posttrain. Leave it at its default ({f.default!r}) or use TRL for it.")
+
+
+def check_padding(config) -> None:
+    """TRL's ``pad_to_multiple_of`` (only its no-padding values are supported) and ``padding_free``
+    (which TRL 1.16 itself turns off with a warning)."""
+    if config.pad_to_multiple_of not in ("auto", None, "none", "None", "null"):
+        raise ValueError(f"pad_to_multiple_of={config.pad_to_multiple_of!r} is not implemented for "
+                         f"{type(config).__name__}: leave it at 'auto' (no padding off Neuron, as TRL) or None.")
+    config.pad_to_multiple_of = None
+    if getattr(config, "padding_free", False):
+        warnings.warn("padding_free=True is unavailable in TRL 1.16's DPO and falls back to padding; posttrain does "
+                      "the same. For long shared prompts use prefix_sharing=True instead.", stacklevel=3)
 
 
 @dataclass
 class DPOConfig(PostTrainConfig):
-    """Preference-optimisation settings (on top of transformers.TrainingArguments)."""
+    """Preference-optimisation settings (on top of transformers.TrainingArguments), with TRL 1.16's names
+    and defaults plus posttrain's additions (reference, prefix_sharing, max_prompt_length, simpo/orpo)."""
 
-    loss_type: str = field(default="sigmoid", metadata={
-        "help": "Loss: sigmoid (DPO; with --label_smoothing: conservative DPO), robust, ipo, hinge (SLiC), "
-                "simpo and orpo (reference-free), or kto (unpaired prompt/completion/label data)."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate (TRL's default)."})
+    # ---- the loss -----------------------------------------------------------------------------------
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"], metadata={
+        "help": "Loss, or several whose weighted sum is the loss (a string becomes a one-item list, as TRL): "
+                "sigmoid (DPO; with label_smoothing > 0 conservative DPO, which TRL ignores), hinge (SLiC), ipo, "
+                "exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, "
+                "sigmoid_norm, sft (NLL of the chosen answers), and posttrain's reference-free simpo and orpo. "
+                "Unpaired KTO is KTOTrainer/KTOConfig."})
+    loss_weights: list[float] | None = field(default=None, metadata={
+        "help": "Weight of each loss_type in the sum (default 1.0 each), e.g. [0.8, 0.2, 1.0] for MPO."})
     beta: float = field(default=0.1, metadata={
-        "help": "Strength of the KL leash (DPO/IPO/hinge/KTO β); SimPO's reward scale; ORPO's λ."})
+        "help": "Strength of the KL leash (β; IPO's τ); SimPO's reward scale; ORPO's λ."})
     label_smoothing: float = field(default=0.0, metadata={
-        "help": "Assumed rate of flipped preference labels for sigmoid (cDPO) and robust losses, in [0, 0.5)."})
-    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO's target reward margin γ."})
-    desirable_weight: float = field(default=1.0, metadata={"help": "KTO weight of desirable examples."})
-    undesirable_weight: float = field(default=1.0, metadata={"help": "KTO weight of undesirable examples."})
+        "help": "Assumed rate of flipped preference labels: robust (in [0, 0.5)), exo_pair (> 0, e.g. 1e-3), aot, "
+                "and sigmoid, where ε > 0 gives conservative DPO (cDPO). Differs from TRL 1.16, whose sigmoid "
+                "ignores it: leave it at 0 for TRL's sigmoid."})
+    discopop_tau: float = field(default=0.05, metadata={"help": "DiscoPOP's temperature τ (loss_type discopop)."})
+    ipo_normalize_length: bool = field(default=False, metadata={
+        "help": "IPO on per-token average log-ratios (TRL 1.16's IPO) instead of the paper's summed ones "
+                "(posttrain's default). True gives TRL's numbers."})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO's target reward margin γ (posttrain)."})
+    # ---- the reference model ------------------------------------------------------------------------
+    precompute_ref_log_probs: bool = field(default=False, metadata={
+        "help": "Compute the reference log-probs once before training (cached on disk), so no reference model "
+                "is kept or run during training. Same as reference='precomputed'."})
+    precompute_ref_batch_size: int | None = field(default=None, metadata={
+        "help": "Batch size of that precomputation (default: per_device_train_batch_size for training data, "
+                "per_device_eval_batch_size for evaluation data)."})
     reference: str = field(default="auto", metadata={
-        "help": "Reference model: copy (frozen copy of the start), adapter (LoRA policy with the adapter off: "
-                "no second copy), precomputed (log-probs computed once before training and cached on disk), "
-                "none (simpo/orpo), or auto (none for reference-free losses, adapter with LoRA, else copy)."})
+        "help": "Reference model (posttrain): copy (frozen copy of the start, or the ref_model given), adapter "
+                "(LoRA policy with the adapter off: no second copy), precomputed (= precompute_ref_log_probs), "
+                "none (simpo/orpo/sft only), or auto (none for reference-free losses, the ref_model if given, "
+                "adapter with LoRA, else copy; as TRL)."})
     reference_cache_dir: str | None = field(default=None, metadata={
         "help": "Where precomputed reference log-probs are cached (default ~/.cache/posttrain/reference, "
                 "or $POSTTRAIN_CACHE/reference)."})
+    # ---- data ---------------------------------------------------------------------------------------
+    truncation_mode: str = field(default="keep_start", metadata={
+        "help": "Which part of a too-long sequence is kept; only TRL's 'keep_start' is supported (answers keep "
+                "their start). See max_prompt_length to keep a prompt's end."})
+    padding_free: bool = field(default=False, metadata={
+        "help": "TRL: unavailable in TRL 1.16 DPO (warns, falls back to padding); posttrain does the same."})
+    pad_to_multiple_of: str | None = field(default="auto", metadata={
+        "help": "TRL: pad to a multiple of N. Only 'auto' (no padding except on Neuron) and None are supported."})
     prefix_sharing: bool = field(default=False, metadata={
         "help": "Compute each pair as one row prompt+chosen+rejected so the prompt is computed once "
-                "(same log-probs; faster when prompts are long). Needs sdpa or eager attention."})
+                "(same log-probs; faster when prompts are long). Needs sdpa or eager attention (posttrain)."})
     max_prompt_length: int | None = field(default=None, metadata={
-        "help": "Keep only the last N prompt tokens; answers are then cut to fit --max_length."})
-    learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
+        "help": "Keep only the last N prompt tokens; answers are then cut to fit max_length (posttrain)."})
+    # ---- TRL options posttrain does not implement ---------------------------------------------------
+    model_init_kwargs: dict | str | None = unimplemented(None, "from_pretrained keyword arguments for a model name.")
+    trust_remote_code: bool = unimplemented(False, "allow models and tokenizers with custom code from the Hub.")
+    dataset_num_proc: int | None = unimplemented(None, "processes for dataset preprocessing.")
+    activation_offloading: bool = unimplemented(False, "offload activations to the CPU.")
+    router_aux_loss_coef: float | None = unimplemented(None, "weight of a Mixture-of-Experts load-balancing loss.")
+    ld_alpha: float | None = unimplemented(None, "LD-DPO weight of the verbose tail of the longer answer.")
+    f_divergence_type: str = unimplemented("reverse_kl", "f-DPO divergence between policy and reference.")
+    f_alpha_divergence_coef: float = unimplemented(0.5, "α of f-DPO's alpha_divergence.")
+    use_weighting: bool = unimplemented(False, "WPO weighting of pairs by their length-normalised probabilities.")
+    sync_ref_model: bool = unimplemented(False, "TR-DPO: mix the policy into the reference every few steps.")
+    ref_model_mixup_alpha: float = unimplemented(0.6, "TR-DPO's mixing α.")
+    ref_model_sync_steps: int = unimplemented(512, "TR-DPO's sync interval.")
+    pad_token: str | None = unimplemented(None, "deprecated in TRL; set tokenizer.pad_token instead.")
+
+    def __post_init__(self):
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        unknown = [t for t in self.loss_type if t not in PAIRED_LOSSES]
+        if "kto" in unknown or "apo_zero_unpaired" in unknown:
+            raise ValueError(f"loss_type {unknown} is for unpaired data: use KTOTrainer with KTOConfig (as in TRL), "
+                             "e.g. `from posttrain import KTOConfig, KTOTrainer` or `posttrain kto`.")
+        if unknown or not self.loss_type:
+            raise ValueError(f"Unknown loss_type {unknown or self.loss_type}; choose from {', '.join(PAIRED_LOSSES)}.")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(self.loss_type)} loss types "
+                             f"{self.loss_type}; give one weight per loss type (or none for 1.0 each).")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0:
+            raise ValueError("exo_pair needs label_smoothing > 0 (the EXO paper suggests 1e-3).")
+        if self.truncation_mode != "keep_start":
+            raise ValueError(f"truncation_mode={self.truncation_mode!r} is not supported (TRL deprecates 'keep_end'); "
+                             "use 'keep_start', and max_prompt_length to keep the end of long prompts.")
+        sync_precompute(self)
+        refuse_unimplemented(self)
+        check_padding(self)
+        super().__post_init__()
+
+
+def sync_precompute(config) -> None:
+    """TRL's ``precompute_ref_log_probs`` and posttrain's ``reference='precomputed'`` are one setting."""
+    if config.precompute_ref_log_probs:
+        if config.reference not in ("auto", "precomputed"):
+            raise ValueError(f"precompute_ref_log_probs=True contradicts reference={config.reference!r}; "
+                             "set one of them.")
+        config.reference = "precomputed"
+    config.precompute_ref_log_probs = config.reference == "precomputed"
+
+
+def split_model_ref_args(ref_model, args):
+    """Accept TRL's ``(model, ref_model, args)`` and posttrain's older ``(model, args, ref_model)``: a
+    TrainingArguments in the ``ref_model`` slot is the config."""
+    if isinstance(ref_model, TrainingArguments):
+        if isinstance(args, TrainingArguments):
+            raise TypeError("Two configs given (in the ref_model and args places); pass one, as args=.")
+        return args, ref_model
+    return ref_model, args
 
 
 class DPOTrainer(PostTrainer):
-    """Train a causal LM on preference pairs (or, with ``loss_type="kto"``, unpaired labelled rows).
-
-    ``ref_model`` optionally gives the reference explicitly (``reference="copy"`` then uses it
-    instead of copying the policy).
+    """Train a causal LM on preference pairs. TRL's signature: ``DPOTrainer(model, ref_model=None,
+    args=None, data_collator=None, train_dataset=None, eval_dataset=None, processing_class=None,
+    compute_metrics=None, callbacks=None, optimizers=(None, None), peft_config=None)``;
+    ``DPOTrainer(model, config, ...)`` works too. ``ref_model`` gives the reference explicitly; without
+    it a LoRA policy (``peft_config``) is its own reference with the adapter off, else a frozen copy.
     """
 
     method = "dpo"
     task = "causal-lm"
+    formats = ("preference", "implicit_preference")
+    config_class = DPOConfig
     loss_is_scaled_for_ga = False  # per-batch means: the Trainer divides by accumulation steps
 
-    def __init__(self, model, args: DPOConfig | None = None, ref_model=None, **kwargs):
-        args = args or DPOConfig()
-        if args.loss_type not in LOSS_TYPES:
-            raise ValueError(f"Unknown loss_type {args.loss_type!r}; choose from {LOSS_TYPES}.")
-        self.is_kto = args.loss_type == "kto"
-        self.method = "kto" if self.is_kto else f"dpo ({args.loss_type})"
-        self.formats = ("unpaired_preference",) if self.is_kto else ("preference", "implicit_preference")
-        if self.is_kto and args.prefix_sharing:
-            raise ValueError("prefix_sharing applies to paired losses; KTO rows have one completion each.")
-        if self.is_kto and args.per_device_train_batch_size < 2:
-            raise ValueError("KTO estimates its KL reference point from mismatched pairs within a batch: "
-                             "use per_device_train_batch_size >= 2.")
+    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, compute_metrics=None, callbacks=None, optimizers=(None, None),
+                 quantization_config=None, peft_config=None, **kwargs):
+        ref_model, args = split_model_ref_args(ref_model, args)
+        args = args if args is not None else self.config_class()
+        if not isinstance(args, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a posttrain {self.config_class.__name__} as args, got "
+                            f"{type(args).__module__}.{type(args).__name__}; import it from posttrain too.")
+        if quantization_config is not None:
+            raise ValueError("quantization_config is not implemented in posttrain; load the quantized model yourself "
+                             "and pass it as model.")
+        if ref_model is not None and ref_model is model:
+            raise ValueError("model and ref_model are the same object; omit ref_model and a frozen copy is made.")
+        self.check_args(args)
         self.reference_forwards = 0  # counts reference passes during training (0 with 'precomputed')
-        super().__init__(model, args, **kwargs)
+        super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, peft_config=peft_config, data_collator=data_collator,
+                         callbacks=callbacks, compute_metrics=compute_metrics, optimizers=optimizers, **kwargs)
         self.model_accepts_loss_kwargs = False
-        self.reference_strategy = ref.resolve_strategy(args.reference, self.model, args.loss_type in REFERENCE_FREE)
-        if self.is_kto and self.reference_strategy == "precomputed":
-            raise ValueError("KTO's KL term pairs prompts with other rows' completions in each shuffled batch, so "
-                             "it cannot be precomputed; use reference='copy' or 'adapter'.")
+        requested = "copy" if args.reference == "auto" and ref_model is not None else args.reference
+        self.reference_strategy = ref.resolve_strategy(requested, self.model, self.reference_free(args))
         self.ref_model = None
         if ref_model is not None and args.disable_dropout:  # like the policy (as TRL); it runs in eval mode anyway
             disable_dropout(ref_model)
@@ -96,14 +219,22 @@ class DPOTrainer(PostTrainer):
             self.ref_model = self.accelerator.prepare_model(self.ref_model.eval(), evaluation_mode=True)
         elif self.reference_strategy == "precomputed":
             reference_model = ref_model if ref_model is not None else self.accelerator.unwrap_model(self.model)
-            self.train_dataset = self._with_reference_logps(self.train_dataset, reference_model)
+            size = args.precompute_ref_batch_size
+            self.train_dataset = self._with_reference_logps(self.train_dataset, reference_model,
+                                                            size or args.per_device_train_batch_size)
             if self.eval_dataset is not None and not isinstance(self.eval_dataset, dict):
-                self.eval_dataset = self._with_reference_logps(self.eval_dataset, reference_model)
+                self.eval_dataset = self._with_reference_logps(self.eval_dataset, reference_model,
+                                                               size or args.per_device_eval_batch_size)
+
+    def check_args(self, args) -> None:
+        self.loss_weights = args.loss_weights or [1.0] * len(args.loss_type)
+        self.method = f"dpo ({'+'.join(args.loss_type)})"
+
+    def reference_free(self, args) -> bool:
+        return all(t in REFERENCE_FREE for t in args.loss_type)
 
     # ---- data -------------------------------------------------------------------------------------
     def tokenize_row(self, row, index, tokenizer, fmt, args):
-        if self.is_kto:
-            return tokenize_unpaired_row(row, index, tokenizer, fmt, args.max_length, args.max_prompt_length)
         out = tokenize_preference_row(row, index, tokenizer, fmt, args.max_length, args.max_prompt_length)
         if args.prefix_sharing and not out["prompt_ids"]:
             raise DataFormatError(f"Row {index}: prefix sharing needs a non-empty prompt (chosen and rejected share "
@@ -111,11 +242,9 @@ class DPOTrainer(PostTrainer):
         return out
 
     def tokenize_settings(self, args):
-        return (args.max_length, args.max_prompt_length, args.loss_type == "kto", args.prefix_sharing)
+        return (args.max_length, args.max_prompt_length, args.prefix_sharing)
 
     def make_collator(self, tokenizer, args):
-        if args.loss_type == "kto":
-            return UnpairedCollator(tokenizer.pad_token_id)
         return (SharedPrefixCollator if args.prefix_sharing else PreferenceCollator)(tokenizer.pad_token_id)
 
     # ---- log-probs --------------------------------------------------------------------------------
@@ -137,7 +266,7 @@ class DPOTrainer(PostTrainer):
                 return self.pair_logps(base, batch)[:2]
         return self.pair_logps(self.ref_model, batch)[:2]
 
-    def _with_reference_logps(self, dataset, model):
+    def _with_reference_logps(self, dataset, model, batch_size: int):
         """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, computed once with ``model`` (the
         starting policy unless a ref_model was given) and cached on disk under a fingerprint of model,
         tokenizer and data."""
@@ -146,14 +275,14 @@ class DPOTrainer(PostTrainer):
         path = os.path.join(ref.cache_dir(self.args.reference_cache_dir), f"{key}.safetensors")
         cached = ref.load_cached(path)
         if cached is None:
-            collator, size = self.data_collator, self.args.per_device_eval_batch_size
+            collator = self.data_collator
             chosen, rejected = [], []
             was_training = model.training
             model.eval()
             with torch.no_grad():
-                for start in tqdm(range(0, len(dataset), size), desc="Precomputing reference log-probs",
+                for start in tqdm(range(0, len(dataset), batch_size), desc="Precomputing reference log-probs",
                                   disable=self.args.disable_tqdm):
-                    batch = collator([dataset[i] for i in range(start, min(start + size, len(dataset)))])
+                    batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
                     batch = {k: v.to(self.args.device) for k, v in batch.items()}
                     c, r = self.pair_logps(model, batch)[:2]
                     chosen.append(c.float().cpu())
@@ -168,51 +297,37 @@ class DPOTrainer(PostTrainer):
 
     # ---- loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.is_kto:
-            loss = self._kto_loss(model, inputs)
-            return (loss, {}) if return_outputs else loss
         args = self.args
         chosen, rejected, n_chosen, n_rejected = self.pair_logps(model, inputs)
-        if args.loss_type == "simpo":
-            loss, r_chosen, r_rejected = simpo_loss(chosen / n_chosen, rejected / n_rejected, args.beta,
-                                                    args.simpo_gamma)
-        elif args.loss_type == "orpo":
-            loss, r_chosen, r_rejected = orpo_loss(chosen / n_chosen, rejected / n_rejected,
-                                                   -(chosen.sum() / n_chosen.sum()), args.beta)
-        else:
+        ref_chosen = ref_rejected = None
+        if self.reference_strategy != "none":
             ref_chosen, ref_rejected = self.reference_pair_logps(inputs)
-            loss, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, args.beta,
-                                                  args.loss_type, args.label_smoothing)
-        self.record(**{"rewards/chosen": r_chosen.mean(), "rewards/rejected": r_rejected.mean(),
-                       "rewards/accuracy": (r_chosen > r_rejected).float().mean(),
-                       "rewards/margin": (r_chosen - r_rejected).mean(),
-                       "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()})
+        loss, rewards = 0.0, None
+        for loss_type, weight in zip(args.loss_type, self.loss_weights):
+            if loss_type == "sft":
+                term, r_chosen = chosen_nll(chosen, n_chosen), None
+            elif loss_type == "simpo":
+                term, r_chosen, r_rejected = simpo_loss(chosen / n_chosen, rejected / n_rejected, args.beta,
+                                                        args.simpo_gamma)
+            elif loss_type == "orpo":
+                term, r_chosen, r_rejected = orpo_loss(chosen / n_chosen, rejected / n_rejected,
+                                                       chosen_nll(chosen, n_chosen), args.beta)
+            else:
+                term, r_chosen, r_rejected = dpo_loss(
+                    chosen, rejected, ref_chosen, ref_rejected, args.beta, loss_type, args.label_smoothing,
+                    args.discopop_tau, n_chosen, n_rejected, args.ipo_normalize_length)
+            loss = loss + weight * term
+            if rewards is None and r_chosen is not None:
+                rewards = (r_chosen, r_rejected)
+        if ref_chosen is not None:  # TRL's implicit rewards, β·(log π - log ref), whatever the loss
+            rewards = (args.beta * (chosen - ref_chosen).detach(), args.beta * (rejected - ref_rejected).detach())
+        values = {"logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
+        if rewards is not None:
+            r_chosen, r_rejected = rewards
+            values.update({"rewards/chosen": r_chosen.mean(), "rewards/rejected": r_rejected.mean(),
+                           "rewards/accuracies": (r_chosen > r_rejected).float().mean(),
+                           "rewards/margins": (r_chosen - r_rejected).mean()})
+        self.record(**values)
         self.count_tokens(inputs["attention_mask"].sum() if "attention_mask" in inputs
                           else (inputs["segment_ids"] >= 0).sum())
         return (loss, {}) if return_outputs else loss
-
-    def _kto_loss(self, model, inputs):
-        n = inputs["label"].shape[0]
-        matched = {k: v[:n] for k, v in inputs.items() if k != "label"}
-        mismatched = {k: v[n:] for k, v in inputs.items() if k != "label"}
-        logps, _ = answer_logps(model, matched)
-        with torch.no_grad():  # the KL reference point is detached: no graph needed for it
-            kl_logps, _ = answer_logps(model, mismatched)
-            if self.model.training:
-                self.reference_forwards += 1
-            if self.reference_strategy == "adapter":
-                with ref.adapter_disabled(self.accelerator.unwrap_model(self.model)) as base:
-                    ref_logps, ref_kl = answer_logps(base, matched)[0], answer_logps(base, mismatched)[0]
-            else:
-                ref_logps, ref_kl = answer_logps(self.ref_model, matched)[0], answer_logps(self.ref_model, mismatched)[0]
-        label = inputs["label"]
-        loss, rewards, z0 = kto_loss(logps, ref_logps, kl_logps, ref_kl, label, self.args.beta,
-                                     self.args.desirable_weight, self.args.undesirable_weight)
-        values = {"kl": z0}
-        if label.any():
-            values["rewards/desirable"] = rewards[label].mean()
-        if (~label).any():
-            values["rewards/undesirable"] = rewards[~label].mean()
-        self.record(**values)
-        self.count_tokens(inputs["attention_mask"][:n].sum())
-        return loss
