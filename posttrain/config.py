@@ -7,7 +7,11 @@ posttrain's older spellings (``--model``, ``--dataset``, ``--use_lora``) stay as
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
@@ -145,6 +149,37 @@ class DataArguments:
                              "dataset is loaded (memory-mapped by datasets) instead.")
 
 
+# ---- TRL fields posttrain accepts but does not implement ---------------------------------------------
+NOT_IMPLEMENTED = "Not implemented in posttrain"
+
+
+def unimplemented(default, what: str):
+    """A TRL config field kept so TRL configs and scripts load: at its default it changes nothing, any
+    other value raises (see :func:`refuse_unimplemented`, which finds these fields by their help text)
+    instead of being silently ignored."""
+    return field(default=default, metadata={
+        "help": f"TRL: {what} {NOT_IMPLEMENTED}: only the default ({default!r}) is accepted."})
+
+
+def refuse_unimplemented(config) -> None:
+    for f in dataclasses.fields(config):
+        if NOT_IMPLEMENTED in f.metadata.get("help", "") and getattr(config, f.name) != f.default:
+            raise ValueError(f"{type(config).__name__}.{f.name}={getattr(config, f.name)!r}: this TRL option is not "
+                             f"implemented in posttrain. Leave it at its default ({f.default!r}) or use TRL for it.")
+
+
+def check_padding(config) -> None:
+    """TRL's ``pad_to_multiple_of`` (only its no-padding values are supported) and ``padding_free``
+    (which TRL 1.16 itself turns off with a warning)."""
+    if config.pad_to_multiple_of not in ("auto", None, "none", "None", "null"):
+        raise ValueError(f"pad_to_multiple_of={config.pad_to_multiple_of!r} is not implemented for "
+                         f"{type(config).__name__}: leave it at 'auto' (no padding off Neuron, as TRL) or None.")
+    config.pad_to_multiple_of = None
+    if getattr(config, "padding_free", False):
+        warnings.warn("padding_free=True is unavailable in TRL 1.16's DPO and falls back to padding; posttrain does "
+                      "the same. For long shared prompts use prefix_sharing=True instead.", stacklevel=3)
+
+
 BF16_HELP = ("Mixed precision in bfloat16. Default None: on where it is fast -- a CUDA GPU that supports bf16 -- "
              "and off on CPU (TRL's None means on unless --fp16, CPU included, where bf16 autocast is slow). "
              "--bf16 true/false forces it.")
@@ -183,6 +218,12 @@ class PostTrainConfig(TrainingArguments):
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow a hub model or tokenizer given by name to run its own Python code (custom "
                 "architectures). Only for repositories you trust."})
+    model_init_kwargs: dict[str, Any] | str | None = field(default=None, metadata={
+        "help": "Keyword arguments for from_pretrained (e.g. {\"dtype\": \"bfloat16\"}) when the model is given "
+                "by name; a JSON string on the command line."})
+    dataset_num_proc: int | None = field(default=None, metadata={
+        "help": "Processes for preparing the dataset (tokenizing, formatting, packing); default: this one."})
+    activation_offloading: bool = unimplemented(False, "offload activations to the CPU.")
     disable_dropout: bool = field(default=True, metadata={
         "help": "Switch dropout off in the model (and DPO's reference model): dropout modules, attention "
                 "dropout rates and the config's dropout fields are set to 0, so the saved config records 0. "
@@ -192,6 +233,9 @@ class PostTrainConfig(TrainingArguments):
 
     def __post_init__(self):
         resolve_bf16(self)
+        refuse_unimplemented(self)
+        if isinstance(self.model_init_kwargs, str):
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
         if self.extra_columns not in ("error", "drop"):
             raise ValueError(f"extra_columns must be 'error' or 'drop', got {self.extra_columns!r}.")
         # Our collators emit the columns the loss needs; the Trainer must not prune them.

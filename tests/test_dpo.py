@@ -250,7 +250,7 @@ def test_trl_config_fields_and_defaults(tmp_path):
     with pytest.raises(ValueError, match="loss_weights has 1 values for 2"):
         config(tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1.0])
     for name, value in (("use_weighting", True), ("ld_alpha", 0.5), ("sync_ref_model", True),
-                        ("f_divergence_type", "js_divergence"), ("model_init_kwargs", {"dtype": "bfloat16"})):
+                        ("f_divergence_type", "js_divergence"), ("activation_offloading", True)):
         with pytest.raises(ValueError, match=f"{name}=.*not implemented in posttrain"):
             config(tmp_path, **{name: value})
     assert config(tmp_path, precompute_ref_log_probs=True).reference == "precomputed"

@@ -66,7 +66,7 @@ def test_trl_config_fields_defaults_and_errors(tmp_path):
     for name in ("learning_rate", "loss_type", "beta", "desirable_weight", "undesirable_weight", "max_length",
                  "precompute_ref_log_probs", "disable_dropout", "logging_steps", "sync_ref_model"):
         assert getattr(ours, name) == getattr(theirs, name), name
-    assert ours.train_sampling_strategy == "random" and theirs.train_sampling_strategy == "sequential"  # deliberate
+    assert ours.train_sampling_strategy == theirs.train_sampling_strategy == "sequential"
     with pytest.raises(ValueError, match="precompute_ref_log_probs=True: this TRL option is not implemented"):
         config(tmp_path, precompute_ref_log_probs=True)
     with pytest.raises(ValueError, match="cannot be precomputed"):

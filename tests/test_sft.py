@@ -299,3 +299,16 @@ def test_first_loss_equals_trls(tmp_path, data, extra):
     assert len(ours.train_dataset) == len(theirs.train_dataset)
     ours.train(), theirs.train()
     assert ours.state.log_history[0]["loss"] == pytest.approx(theirs.state.log_history[0]["loss"], abs=1e-5)
+
+
+def test_model_init_kwargs_and_dataset_num_proc_reach_loading(tmp_path):
+    """TRL's model_init_kwargs (a JSON string on the CLI) load a model given by name; dataset_num_proc
+    tokenizes in worker processes with the same ids."""
+    rows = toy.sft_prompt_completion(6, seed=1) if hasattr(toy, "sft_prompt_completion") else [
+        {"prompt": f"Q{i}:", "completion": f" answer {i}"} for i in range(6)]
+    args = config(tmp_path, model_init_kwargs='{"dtype": "bfloat16"}', dataset_num_proc=2, max_steps=1)
+    assert args.model_init_kwargs == {"dtype": "bfloat16"}
+    trainer = SFTTrainer("tiny:llama", args=args, train_dataset=rows)
+    assert next(trainer.model.parameters()).dtype == torch.bfloat16
+    single = SFTTrainer("tiny:llama", args=config(tmp_path, max_steps=1), train_dataset=rows)
+    assert trainer.train_dataset["input_ids"] == single.train_dataset["input_ids"]

@@ -122,3 +122,12 @@ def is_encoder_decoder(model) -> bool:
 
         return parse_tiny_name(model)[0] == "t5"
     return bool(getattr(transformers.AutoConfig.from_pretrained(model), "is_encoder_decoder", False))
+
+
+def add_adapter(model, peft_config, seed: int):
+    """``peft.get_peft_model`` with the global RNG seeded first: the adapter's initial weights are drawn
+    from it, so the same seed gives the same adapter (and the same first steps as TRL, which seeds first)."""
+    import peft
+
+    transformers.set_seed(seed)
+    return peft.get_peft_model(model, peft_config)

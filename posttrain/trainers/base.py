@@ -17,7 +17,7 @@ from ..card import final_metrics, write_model_card
 from ..checkpoint import atomic_checkpoint, checkpoint_name
 from ..data.formats import load_rows, validate
 from ..data.tokenize import TOKENIZATION_VERSION, check_tokenizer
-from ..models.loading import disable_dropout, load_model, load_tokenizer
+from ..models.loading import add_adapter, disable_dropout, load_model, load_tokenizer
 
 
 class PostTrainer(transformers.Trainer):
@@ -32,15 +32,14 @@ class PostTrainer(transformers.Trainer):
                  peft_config=None, data_collator=None, callbacks=None, **kwargs):
         self.base_model_name = model if isinstance(model, str) else model.config.name_or_path
         if isinstance(model, str):
-            model = load_model(model, self.task, seed=args.seed, trust_remote_code=args.trust_remote_code)
+            model = load_model(model, self.task, seed=args.seed, trust_remote_code=args.trust_remote_code,
+                               **(args.model_init_kwargs or {}))
         if args.disable_dropout:  # before LoRA is added, so an adapter keeps the lora_dropout it asks for
             disable_dropout(model)
         if processing_class is None:
             processing_class = load_tokenizer(self.base_model_name)
         if peft_config is not None:
-            import peft
-
-            model = peft.get_peft_model(model, peft_config)
+            model = add_adapter(model, peft_config, args.seed)
         self.dataset_name = train_dataset if isinstance(train_dataset, str) else None
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._tokens_since_log, self._last_log_time = 0, None
@@ -66,7 +65,8 @@ class PostTrainer(transformers.Trainer):
         fingerprint = hashlib.sha256(f"{dataset._fingerprint}{settings}".encode()).hexdigest()[:16]
         return dataset.map(
             lambda row, i: self.tokenize_row(row, i, tokenizer, fmt, args), with_indices=True,
-            remove_columns=dataset.column_names, new_fingerprint=fingerprint, desc=f"Tokenizing {split} rows")
+            remove_columns=dataset.column_names, new_fingerprint=fingerprint, num_proc=args.dataset_num_proc,
+            desc=f"Tokenizing {split} rows")
 
     def tokenize_settings(self, args) -> tuple:
         """Config values that change tokenization (part of the cache fingerprint)."""

@@ -12,16 +12,14 @@ not implement are accepted at their defaults and raise an error when set to anyt
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
-from ..config import PostTrainConfig
+from ..config import PostTrainConfig, check_padding, unimplemented
 from ..data.collate import PreferenceCollator, SharedPrefixCollator
 from ..data.formats import DataFormatError
 from ..data.tokenize import tokenize_preference_row
@@ -30,37 +28,6 @@ from ..losses.preference import PAIRED_LOSSES, REFERENCE_FREE, chosen_nll, dpo_l
 from ..models import reference as ref
 from ..models.loading import disable_dropout
 from .base import PostTrainer
-
-
-# ---- TRL fields posttrain accepts but does not implement ---------------------------------------------
-NOT_IMPLEMENTED = "Not implemented in posttrain"
-
-
-def unimplemented(default, what: str):
-    """A TRL config field kept so TRL configs and scripts load: at its default it changes nothing, any
-    other value raises (see :func:`refuse_unimplemented`, which finds these fields by their help text)
-    instead of being silently ignored."""
-    return field(default=default, metadata={
-        "help": f"TRL: {what} {NOT_IMPLEMENTED}: only the default ({default!r}) is accepted."})
-
-
-def refuse_unimplemented(config) -> None:
-    for f in dataclasses.fields(config):
-        if NOT_IMPLEMENTED in f.metadata.get("help", "") and getattr(config, f.name) != f.default:
-            raise ValueError(f"{type(config).__name__}.{f.name}={getattr(config, f.name)!r}: this TRL option is not "
-                             f"implemented in posttrain. Leave it at its default ({f.default!r}) or use TRL for it.")
-
-
-def check_padding(config) -> None:
-    """TRL's ``pad_to_multiple_of`` (only its no-padding values are supported) and ``padding_free``
-    (which TRL 1.16 itself turns off with a warning)."""
-    if config.pad_to_multiple_of not in ("auto", None, "none", "None", "null"):
-        raise ValueError(f"pad_to_multiple_of={config.pad_to_multiple_of!r} is not implemented for "
-                         f"{type(config).__name__}: leave it at 'auto' (no padding off Neuron, as TRL) or None.")
-    config.pad_to_multiple_of = None
-    if getattr(config, "padding_free", False):
-        warnings.warn("padding_free=True is unavailable in TRL 1.16's DPO and falls back to padding; posttrain does "
-                      "the same. For long shared prompts use prefix_sharing=True instead.", stacklevel=3)
 
 
 @dataclass
@@ -118,10 +85,6 @@ class DPOConfig(PostTrainConfig):
     max_prompt_length: int | None = field(default=None, metadata={
         "help": "Keep only the last N prompt tokens; answers are then cut to fit max_length (posttrain)."})
     # ---- TRL options posttrain does not implement ---------------------------------------------------
-    model_init_kwargs: dict | str | None = unimplemented(None, "from_pretrained keyword arguments for a model name.")
-    trust_remote_code: bool = unimplemented(False, "allow models and tokenizers with custom code from the Hub.")
-    dataset_num_proc: int | None = unimplemented(None, "processes for dataset preprocessing.")
-    activation_offloading: bool = unimplemented(False, "offload activations to the CPU.")
     router_aux_loss_coef: float | None = unimplemented(None, "weight of a Mixture-of-Experts load-balancing loss.")
     ld_alpha: float | None = unimplemented(None, "LD-DPO weight of the verbose tail of the longer answer.")
     f_divergence_type: str = unimplemented("reverse_kl", "f-DPO divergence between policy and reference.")
@@ -150,7 +113,6 @@ class DPOConfig(PostTrainConfig):
             raise ValueError(f"truncation_mode={self.truncation_mode!r} is not supported (TRL deprecates 'keep_end'); "
                              "use 'keep_start', and max_prompt_length to keep the end of long prompts.")
         sync_precompute(self)
-        refuse_unimplemented(self)
         check_padding(self)
         super().__post_init__()
 

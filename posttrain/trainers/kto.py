@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import PostTrainConfig
+from ..config import PostTrainConfig, check_padding, unimplemented
 from ..data.collate import UnpairedCollator
 from ..data.formats import load_rows
 from ..data.tokenize import extract_prompt, tokenize_unpaired_row
 from ..losses.logprobs import answer_logps
 from ..losses.preference import UNPAIRED_LOSSES, kto_kl_estimate, kto_loss
 from ..models import reference as ref
-from .dpo import DPOTrainer, check_padding, refuse_unimplemented, unimplemented
+from .dpo import DPOTrainer
 
 
 @dataclass
@@ -39,11 +39,11 @@ class KTOConfig(PostTrainConfig):
         "help": "Weight of the desirable rows' losses (counter an unequal number of desirable and undesirable "
                 "rows: the paper suggests w_D·n_D / (w_U·n_U) in [1, 4/3])."})
     undesirable_weight: float = field(default=1.0, metadata={"help": "Weight of the undesirable rows' losses."})
-    train_sampling_strategy: str = field(default="random", metadata={
-        "help": "Order of the training rows: random (shuffled; posttrain's default) or sequential (TRL 1.16's "
-                "KTO default, which it needs because it pairs the KL completions in dataset order). posttrain "
-                "builds the mismatched pairs inside each batch, so shuffling is safe; 'sequential' gives TRL's "
-                "order.", "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
+    train_sampling_strategy: str = field(default="sequential", metadata={
+        "help": "Order of the training rows: sequential (dataset order each epoch; TRL 1.16's KTO default, which "
+                "TRL needs because it pairs the KL completions in dataset order) or random (shuffled). posttrain "
+                "builds the mismatched pairs inside each batch, so 'random' is safe here and usually better for "
+                "SGD; the default keeps TRL's order so a TRL script sees the same batches.", "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
     reference: str = field(default="auto", metadata={
         "help": "Reference model (posttrain): copy (frozen copy of the start, or the ref_model given), adapter "
                 "(LoRA policy with the adapter off), or auto (the ref_model if given, adapter with LoRA, else copy)."})
@@ -55,10 +55,6 @@ class KTOConfig(PostTrainConfig):
     precompute_ref_log_probs: bool = unimplemented(False, "precompute the reference log-probs before training "
                                                           "(posttrain builds KL pairs per shuffled batch).")
     precompute_ref_batch_size: int | None = unimplemented(None, "batch size of that precomputation.")
-    model_init_kwargs: dict | str | None = unimplemented(None, "from_pretrained keyword arguments for a model name.")
-    trust_remote_code: bool = unimplemented(False, "allow models and tokenizers with custom code from the Hub.")
-    dataset_num_proc: int | None = unimplemented(None, "processes for dataset preprocessing.")
-    activation_offloading: bool = unimplemented(False, "offload activations to the CPU.")
     router_aux_loss_coef: float | None = unimplemented(None, "weight of a Mixture-of-Experts load-balancing loss.")
     sync_ref_model: bool = unimplemented(False, "TR-DPO: mix the policy into the reference every few steps.")
     ref_model_mixup_alpha: float = unimplemented(0.6, "TR-DPO's mixing α.")
@@ -71,7 +67,6 @@ class KTOConfig(PostTrainConfig):
         if self.reference not in ("auto", "copy", "adapter"):
             raise ValueError(f"KTOConfig.reference={self.reference!r}: use auto, copy or adapter. KTO's KL term pairs "
                              "prompts with other rows' completions in each batch, so it cannot be precomputed.")
-        refuse_unimplemented(self)
         check_padding(self)
         super().__post_init__()
 

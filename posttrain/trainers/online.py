@@ -33,7 +33,7 @@ from ..data.prompts import load_prompts
 from ..data.tokenize import check_tokenizer
 from ..eval.policy import evaluate_policy
 from ..hub import push_folder
-from ..models.loading import disable_dropout, load_model, load_tokenizer
+from ..models.loading import add_adapter, disable_dropout, load_model, load_tokenizer
 from ..models.reference import online_reference, peft_trunk
 from ..rewards import RewardSet
 from ..rewards.base import score_rollout
@@ -64,9 +64,7 @@ class OnlineTrainer:
         if isinstance(model, str):
             model = load_model(model, "causal-lm", seed=args.seed, trust_remote_code=args.trust_remote_code)
         if peft_config is not None:
-            import peft
-
-            model = peft.get_peft_model(model, peft_config)
+            model = add_adapter(model, peft_config, args.seed)
         if args.disable_dropout:  # after LoRA: its dropout too would make the two log-probs of the ratio differ
             disable_dropout(model)
         if args.gradient_checkpointing:
@@ -168,16 +166,21 @@ class OnlineTrainer:
         return score_rollout(self.rewards, rollout, self.tokenizer, self.state)
 
     def record_generation(self, rollout: Rollout, scored, group_size: int = 1) -> None:
-        """What every method logs of a generation: mean reward (and of each function), the reward spread
-        (within groups for the group methods), dropped samples, completion length, truncated prompts."""
+        """What every method logs of a generation, under TRL's names and meanings: mean reward (and of each
+        function), ``reward_std`` (the spread of all the generation's rewards, every process's), for the group
+        methods ``frac_reward_zero_std`` (groups whose rewards are all equal: no signal), dropped samples,
+        completion length, truncated prompts."""
         rewards = scored.rewards.to(rollout.completion_ids.device)
-        groups = rewards.view(-1, group_size) if group_size > 1 else rewards.view(1, -1)
-        valid = ~groups.isnan()
-        count = valid.sum(1).clamp(min=1)
-        mean = torch.where(valid, groups, 0).sum(1) / count
-        std = (torch.where(valid, (groups - mean[:, None]) ** 2, 0).sum(1) / (count - 1).clamp(min=1)).sqrt()
-        self.record(reward=self.gather_mean(rewards), reward_std=self.gather_mean(std),
-                    dropped=float(self.accelerator.gather((~valid).sum().reshape(1)).sum()),
+        everyone = self.accelerator.gather(rewards)
+        scored_rewards = everyone[~everyone.isnan()]
+        spread = scored_rewards.std() if scored_rewards.numel() > 1 else torch.zeros((), device=rewards.device)
+        extra = {}
+        if group_size > 1:
+            groups = everyone.view(-1, group_size)
+            lo, hi = groups.nan_to_num(float("inf")).amin(1), groups.nan_to_num(float("-inf")).amax(1)
+            extra["frac_reward_zero_std"] = (~(hi > lo)).float().mean()
+        self.record(reward=self.gather_mean(rewards), reward_std=spread, **extra,
+                    dropped=float(everyone.isnan().sum()),
                     completion_length=self.gather_mean(rollout.completion_attention.sum(1).float()),
                     truncated_prompts=rollout.truncated_prompts,
                     **{f"rewards/{k}": self.gather_mean(v) for k, v in scored.per_function.items()})
@@ -284,7 +287,12 @@ class OnlineTrainer:
         if self.train_prompts is None:
             raise ValueError(f"{type(self).__name__}.train() needs train_dataset (rows with a 'prompt' column).")
         path = ckpt.resolve_resume(resume_from_checkpoint or self.args.resume_from_checkpoint, self.args.output_dir)
-        method_state = self.load_checkpoint(path) if path else {}
+        if path:
+            method_state = self.load_checkpoint(path)  # restores the RNG state too
+        else:  # the RNG state a transformers Trainer starts from: seeded, then one draw for the DataLoader's
+            set_seed(self.args.seed)  # base seed -- so the same seed samples the same completions as TRL
+            torch.empty((), dtype=torch.int64).random_()
+            method_state = {}
         self.model.train()
         self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
         return method_state

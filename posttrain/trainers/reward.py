@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import PostTrainConfig
+from ..config import PostTrainConfig, check_padding, unimplemented
 from ..data.collate import PreferenceCollator
 from ..data.tokenize import tokenize_preference_row
 from ..losses import bradley_terry_loss
 from .base import PostTrainer
-from .dpo import check_padding, refuse_unimplemented, unimplemented
 
 
 @dataclass
@@ -32,16 +31,11 @@ class RewardConfig(PostTrainConfig):
     pad_to_multiple_of: str | None = field(default="auto", metadata={
         "help": "TRL: pad to a multiple of N. Only 'auto' (no padding except on Neuron) and None are supported."})
     # ---- TRL options posttrain does not implement ---------------------------------------------------
-    model_init_kwargs: dict | str | None = unimplemented(None, "from_pretrained keyword arguments for a model name.")
-    trust_remote_code: bool = unimplemented(False, "allow models and tokenizers with custom code from the Hub.")
     chat_template_path: str | None = unimplemented(None, "a tokenizer or Jinja file whose chat template to use.")
-    dataset_num_proc: int | None = unimplemented(None, "processes for dataset preprocessing.")
     eos_token: str | None = unimplemented(None, "the end-of-turn token (default: the tokenizer's).")
-    activation_offloading: bool = unimplemented(False, "offload activations to the CPU.")
     pad_token: str | None = unimplemented(None, "deprecated in TRL; set tokenizer.pad_token instead.")
 
     def __post_init__(self):
-        refuse_unimplemented(self)
         check_padding(self)
         super().__post_init__()
 

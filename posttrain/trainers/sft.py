@@ -13,20 +13,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import PostTrainConfig
+from ..config import PostTrainConfig, unimplemented
 from ..data.collate import SFTCollator
 from ..data.formats import DataFormatError, load_rows
 from ..data.packing import PACKING_STRATEGIES, pack_dataset
 from ..data.tokenize import TRUNCATION_SIDES, has_trainable_tokens, tokenize_sft_row
 from ..losses import labelled_logps, sft_loss, token_accuracy
-from ..models.loading import load_model, load_tokenizer
+from ..models.loading import load_tokenizer
 from .base import PostTrainer
 
 logger = logging.getLogger(__name__)
-
-# TRL 1.16 SFTConfig fields posttrain does not implement: their defaults, which are the only values accepted.
-UNSUPPORTED_TRL_FIELDS = {"router_aux_loss_coef": None, "chat_template_path": None, "activation_offloading": False}
-
 
 @dataclass
 class SFTConfig(PostTrainConfig):
@@ -34,14 +30,9 @@ class SFTConfig(PostTrainConfig):
     meanings and defaults. posttrain additions: ``truncation_side``."""
 
     # ---- model -------------------------------------------------------------------------------------
-    model_init_kwargs: dict[str, Any] | str | None = field(default=None, metadata={
-        "help": "Keyword arguments for from_pretrained (e.g. {\"dtype\": \"bfloat16\"}) when the model is given "
-                "by name; a JSON string on the command line."})
-    router_aux_loss_coef: float | None = field(default=None, metadata={
-        "help": "TRL's MoE load-balancing loss weight. Not supported by posttrain (only None)."})
-    chat_template_path: str | None = field(default=None, metadata={
-        "help": "TRL's option to replace the chat template. Not supported by posttrain (only None): set "
-                "tokenizer.chat_template and pass the tokenizer as processing_class."})
+    router_aux_loss_coef: float | None = unimplemented(None, "weight of a Mixture-of-Experts load-balancing loss.")
+    chat_template_path: str | None = unimplemented(None, "a tokenizer or Jinja file whose chat template to use (set "
+                                                   "tokenizer.chat_template and pass it as processing_class).")
     # ---- data --------------------------------------------------------------------------------------
     dataset_text_field: str = field(default="text", metadata={
         "help": "Column holding the text of language-modeling rows (used when the rows have no "
@@ -49,9 +40,6 @@ class SFTConfig(PostTrainConfig):
     dataset_kwargs: dict[str, Any] | str | None = field(default=None, metadata={
         "help": "TRL's dataset-preparation options. The only key is skip_prepare_dataset, which posttrain does not "
                 "support (rows are always validated and tokenized); {} or None."})
-    dataset_num_proc: int | None = field(default=None, metadata={
-        "help": "Processes for applying formatting_func, dropping untrainable rows and packing. Tokenization "
-                "itself runs in this process."})
     eos_token: str | None = field(default=None, metadata={
         "help": "End-of-sequence token appended to text and completions (default: the tokenizer's eos token)."})
     pad_token: str | None = field(default=None, metadata={
@@ -92,18 +80,10 @@ class SFTConfig(PostTrainConfig):
         "help": "'nll' (negative log-likelihood) or 'dft' (Dynamic Fine-Tuning: each token's NLL weighted by its "
                 "detached probability). 'chunked_nll' is TRL's deprecated alias of 'nll'.",
         "choices": ["nll", "dft", "chunked_nll"]})
-    activation_offloading: bool = field(default=False, metadata={
-        "help": "TRL's CPU activation offloading. Not supported by posttrain (only False)."})
 
     def __post_init__(self):
-        for name, default in UNSUPPORTED_TRL_FIELDS.items():
-            if getattr(self, name) != default:
-                help_text = self.__dataclass_fields__[name].metadata["help"]
-                raise ValueError(f"SFTConfig.{name}={getattr(self, name)!r} is a TRL option posttrain does not "
-                                 f"implement; leave it at {default!r}. ({help_text})")
-        for name in ("model_init_kwargs", "dataset_kwargs"):
-            if isinstance(getattr(self, name), str):
-                setattr(self, name, json.loads(getattr(self, name)))
+        if isinstance(self.dataset_kwargs, str):
+            self.dataset_kwargs = json.loads(self.dataset_kwargs)
         if self.dataset_kwargs and self.dataset_kwargs.get("skip_prepare_dataset"):
             raise ValueError("dataset_kwargs={'skip_prepare_dataset': True} is not supported: posttrain always "
                              "validates and tokenizes the rows. Pass untokenized rows (text, prompt/completion or "
@@ -152,8 +132,6 @@ class SFTTrainer(PostTrainer):
 
     def __init__(self, model, args: SFTConfig | None = None, processing_class=None, formatting_func=None, **kwargs):
         args = args or SFTConfig()
-        if isinstance(model, str) and args.model_init_kwargs:
-            model = load_model(model, self.task, seed=args.seed, **args.model_init_kwargs)
         if processing_class is None:
             processing_class = load_tokenizer(model if isinstance(model, str) else model.config.name_or_path)
         self._set_special_tokens(processing_class, args)
