@@ -59,7 +59,7 @@ def run(case: str, script, lib_name: str, models, out_dir, key: str = "loss") ->
         return RESULTS[case][lib_name]
     lib = importlib.import_module(lib_name)
     start = time.perf_counter()
-    result = {"ok": False, "loss": None, "error": None}
+    result = {"ok": False, "loss": None, "error": None, "key": key}
     try:
         history = script(lib, models, out_dir)
         value = history if isinstance(history, (int, float)) else first(history, key)
@@ -102,7 +102,8 @@ def check(case: str, script, lib_name: str, models, tmp_path_factory, key: str =
 
 
 def table(results: dict[str, dict[str, dict]] | None = None) -> str:
-    """A markdown table: case | posttrain ok | TRL first loss | posttrain first loss | |diff|."""
+    """A markdown table: case | posttrain ok | TRL first loss | posttrain first loss | |diff|. A case that
+    compares another logged value than the first ``loss`` names it in brackets (``grpo/standard [reward]``)."""
     results = RESULTS if results is None else results
     fmt = lambda r: "-" if not r else (f"{r['loss']:.6f}" if r.get("ok") else "error")  # noqa: E731
     lines = ["| case | posttrain ok | TRL first loss | posttrain first loss | abs diff |",
@@ -114,5 +115,7 @@ def table(results: dict[str, dict[str, dict]] | None = None) -> str:
         if ours and theirs and ours.get("ok") and theirs.get("ok"):
             d = abs(ours["loss"] - theirs["loss"])
             diff = f"{d:.2e}" + ("" if d <= TOLERANCE else " (!)")
-        lines.append(f"| {case} | {ok} | {fmt(theirs)} | {fmt(ours)} | {diff} |")
+        key = next((r.get("key") for r in (ours, theirs) if r), "loss")
+        label = case if key == "loss" else f"{case} [{key}]"
+        lines.append(f"| {label} | {ok} | {fmt(theirs)} | {fmt(ours)} | {diff} |")
     return "\n".join(lines)

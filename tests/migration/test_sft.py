@@ -80,6 +80,17 @@ def lora(lib, models, out_dir):
                peft_config=config)
 
 
+def lora_two_steps(lib, models, out_dir):
+    """The second step: the first is the base model's loss (LoRA's B starts at 0), the second shows the update."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                        task_type="CAUSAL_LM")
+    history = sft(lib, models.causal, out_dir, Dataset.from_dict({"prompt": PROMPTS, "completion": ANSWERS}),
+                  peft_config=config, max_steps=2, learning_rate=1e-3)
+    return [e for e in history if "loss" in e][1:]
+
+
 def two_steps(lib, models, out_dir):
     """The second step's loss, at the default learning rate: the update itself (defaults, AdamW, schedule) matches."""
     history = sft(lib, models.causal, out_dir, text_rows(), max_steps=2)
@@ -88,7 +99,7 @@ def two_steps(lib, models, out_dir):
 
 CASES = {f.__name__: f for f in (language_modeling, messages, prompt_completion, conversational_prompt_completion,
                                  dataset_text_field, formatting_func, extra_columns, packing, padding_free, lora,
-                                 two_steps)}
+                                 lora_two_steps, two_steps)}
 
 
 @pytest.mark.parametrize("lib", LIBS)
