@@ -46,10 +46,20 @@ def second_loss(history):
 def make_loss_case(loss_type):
     def case(lib, models, out_dir):
         # TRL: robust needs label smoothing to differ from sigmoid; exo_pair refuses 0 (the EXO paper: 1e-3)
-        extra = {"robust": {"label_smoothing": 0.1}, "exo_pair": {"label_smoothing": 1e-3}}.get(loss_type, {})
+        # sppo_hard: beta 0.5 keeps the loss O(1); at 0.1 it is ~55, and log-probs that agree to ~1e-6 (float32
+        # sums over tokens) move it by 2|h - 1/(2 beta)| * 1e-6 ~ 1.5e-5, past the absolute 1e-5.
+        extra = {"robust": {"label_smoothing": 0.1}, "exo_pair": {"label_smoothing": 1e-3},
+                 "sppo_hard": {"beta": 0.5}}.get(loss_type, {})
         return dpo(lib, models, out_dir, ref_model=reference(models), loss_type=loss_type, **extra)
     case.__name__ = f"loss_{loss_type}"
     return case
+
+
+def loss_ipo_normalized(lib, models, out_dir):
+    """TRL's length-normalised IPO: posttrain's IPO is the paper's unless ``ipo_normalize_length=True`` (the
+    one documented option this case adds on the posttrain side; the plain ``loss_ipo`` case runs unchanged)."""
+    extra = {"ipo_normalize_length": True} if lib.__name__ == "posttrain" else {}
+    return dpo(lib, models, out_dir, ref_model=reference(models), loss_type="ipo", **extra)
 
 
 def default(lib, models, out_dir):
@@ -100,7 +110,7 @@ def implicit_prompt(lib, models, out_dir):
     return dpo(lib, models, out_dir, ref_model=reference(models), dataset=Dataset.from_dict(rows))
 
 
-CASES = {f.__name__: f for f in (*map(make_loss_case, LOSS_TYPES), default, positional_ref_model, lora_no_ref_model,
+CASES = {f.__name__: f for f in (*map(make_loss_case, LOSS_TYPES), loss_ipo_normalized, default, positional_ref_model, lora_no_ref_model,
                                  precompute_ref_log_probs, precompute_given_ref_model, loss_weights, conversational,
                                  implicit_prompt)}
 
