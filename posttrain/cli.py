@@ -29,8 +29,6 @@ def _parse(command: str, argv: list[str]):
         "YAML file whose keys are any of these flags' names (TRL's YAML configs run unchanged; lists for list "
         "flags). A mapping under 'env' sets environment variables, as in TRL. Flags given on the command line "
         "override the file."))
-    if command == "kto":
-        parser.set_defaults(loss_type="kto")
     known, _ = parser.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**_read_config(parser, classes, known.config, command))
