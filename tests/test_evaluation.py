@@ -11,6 +11,8 @@ from posttrain.eval.policy import evaluate_policy
 from posttrain.models.loading import load_model
 from posttrain.rollout.sampling import PolicySampler
 
+from data_helpers import assert_runs_agree
+
 PROMPTS = toy.held_out_openings(7)
 
 
@@ -151,23 +153,18 @@ def weights(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def assert_same_weights(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-
-
 def check_probe_leaves_training_alone(run, every: int = 2, steps=(2,), unit: int = 1):
     """``run(name, callbacks) -> (start weights, end weights)``: training moves the weights, a probe every
     ``every`` steps of ``unit`` optimizer steps records a point at each of ``steps`` (by default: every 2 of
-    4 steps, one point) and the probed run ends with the unprobed run's exact weights."""
+    4 steps, one point) and the probed run ends with the unprobed run's exact weights (on the CPU; on an
+    accelerator, whose kernels are not bit-reproducible, within the tolerance data_helpers explains)."""
     from posttrain.demo import FrontierProbe
 
     probe = FrontierProbe(FakeDemo(), every=every, unit=unit)
     start, plain = run("plain", None)
     _, probed = run("probed", [probe])
     assert any(not torch.equal(start[n], plain[n]) for n in start)  # training moved the weights
-    assert_same_weights(plain, probed)
+    assert_runs_agree(plain, probed)
     check_probe_points(probe, list(steps))
 
 

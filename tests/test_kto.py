@@ -7,6 +7,8 @@ import torch
 from posttrain import KTOConfig, KTOTrainer, load_model
 from posttrain.data import toy
 
+from data_helpers import on_device
+
 
 def config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-3, max_steps=4,
@@ -47,7 +49,7 @@ def test_kto_learns_and_z0_is_the_clamped_mismatched_log_ratio(tmp_path):
     unclamped = []
     for start in range(0, len(rows), 8):
         features = [trainer.train_dataset[i] for i in range(start, start + 8)]
-        batch = trainer.data_collator(features)
+        batch = on_device(trainer.data_collator(features), trainer.model.device)
         assert batch["input_ids"][8 + 3].tolist()[:len(features[3]["prompt_ids"]) + len(features[2]["completion_ids"])] \
             == features[3]["prompt_ids"] + features[2]["completion_ids"]
         with torch.no_grad():

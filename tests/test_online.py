@@ -15,6 +15,8 @@ from posttrain.data.tokenize import tokenize_prompt
 from posttrain.models.value_head import AutoModelForCausalLMWithValueHead
 from posttrain.rollout import HFGenerate, PolicySampler, Rollout, SamplingConfig, forward_completion
 
+from data_helpers import ACCELERATOR_RTOL, logged_runs_agree, runs_agree
+
 PROMPTS = ["Honestly, the film", "I went to see the sequel last night and it", "Five"]
 
 
@@ -33,7 +35,8 @@ def quick(cls, prompts: int = 4, **kw):
 
 
 def params(model) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+    """All the weights, flat, on the CPU (to compare with a fresh ``load_model`` or another run's)."""
+    return torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()])
 
 
 def varied(completions, **kw):
@@ -246,15 +249,22 @@ def test_resume_matches_uninterrupted_run(tmp_path, cls, config):
         ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
     resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-4"))
     assert resumed.state.global_step == full.state.global_step == 8
+    # On the CPU the resumed run matches to 1e-6; on an accelerator, whose kernels are not bit-reproducible,
+    # within the tolerance data_helpers explains.
     for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
-        assert (p - q).abs().max() < 1e-6, name
-    assert logged(full, "reward")[-1] == pytest.approx(logged(resumed, "reward")[-1], abs=1e-6)
+        assert runs_agree(p, q, rtol=0, atol=1e-6), name
+    device = next(full.model.parameters()).device
+    tolerance = logged_runs_agree(device, abs=1e-6)
+    assert logged(full, "reward")[-1] == pytest.approx(logged(resumed, "reward")[-1], **tolerance)
     assert len(logged(full, "reward")) == len(logged(resumed, "reward")) == 4  # once per generation
     for key in ("loss", "reward", "kl"):
-        assert logged(full, key) == pytest.approx(logged(resumed, key), abs=1e-6), key
+        assert logged(full, key) == pytest.approx(logged(resumed, key), **tolerance), key
     if cls is PPOTrainer:
-        assert full.kl_ctl.value == pytest.approx(resumed.kl_ctl.value, abs=1e-12) and full.kl_ctl.value != 0.2
-        assert full.generations == resumed.generations == 4
+        assert full.kl_ctl.value != 0.2 and full.generations == resumed.generations == 4
+        if device.type == "cpu":
+            assert full.kl_ctl.value == pytest.approx(resumed.kl_ctl.value, abs=1e-12)
+        else:  # it moves <= 1.6e-5 a generation: compare the moves, or any tolerance would hide a lost state
+            assert full.kl_ctl.value - 0.2 == pytest.approx(resumed.kl_ctl.value - 0.2, rel=ACCELERATOR_RTOL)
 
 
 def test_prompt_dataset_errors(tmp_path):

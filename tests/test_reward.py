@@ -6,6 +6,8 @@ import torch
 from posttrain import RewardConfig, RewardTrainer
 from posttrain.data import toy
 
+from data_helpers import on_device
+
 
 def config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-3, max_steps=40,
@@ -30,14 +32,14 @@ def test_reward_model_separates_held_out_pairs(tmp_path):
 def test_margin_and_centering_enter_the_loss(tmp_path):
     rows = toy.preference_pairs(8, seed=1)
     plain = RewardTrainer("tiny:llama", config(tmp_path / "a", center_rewards_coefficient=0.0), train_dataset=rows)
-    batch = plain.data_collator([plain.train_dataset[i] for i in range(8)])
+    batch = on_device(plain.data_collator([plain.train_dataset[i] for i in range(8)]), plain.model.device)
     with torch.no_grad():
         rewards = plain.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
         base_loss = plain.compute_loss(plain.model, dict(batch))
         chosen, rejected = rewards.chunk(2)
         expected = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
         assert base_loss.item() == pytest.approx(expected.item(), abs=1e-6)
-        with_margin = plain.compute_loss(plain.model, dict(batch, margin=torch.full((8,), 2.0)))
+        with_margin = plain.compute_loss(plain.model, dict(batch, margin=torch.full((8,), 2.0, device=plain.model.device)))
         assert with_margin > base_loss  # asking for a 2-point win costs more
         plain.args.center_rewards_coefficient = 0.5
         centred = plain.compute_loss(plain.model, dict(batch))

@@ -137,7 +137,8 @@ def test_lora_only_ppo_learns_with_the_adapter_off_as_reference(reviews, tmp_pat
           f"{after['eval_kl_sum']:.2f} nats per completion; train reward every 5 generations "
           f"{curve(history, every=5)}")
     assert after["eval_reward"] - before["eval_reward"] >= 0.2 and after["eval_kl_sum"] < KL_BOUND
-    base = load_model(model_dir)
+    device = next(trainer.model.parameters()).device
+    base = load_model(model_dir).to(device)
     with torch.no_grad(), trainer.model.pretrained_model.disable_adapter():
-        ids = torch.tensor([[5, 6, 7, 8]])
+        ids = torch.tensor([[5, 6, 7, 8]], device=device)
         assert torch.allclose(trainer.model.pretrained_model(ids).logits, base(ids).logits, atol=1e-5)
