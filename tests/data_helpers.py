@@ -108,3 +108,16 @@ def logged_runs_agree(device, **cpu_tolerance) -> dict:
     if torch.device(device).type == "cpu":
         return cpu_tolerance
     return dict(rel=ACCELERATOR_RTOL, abs=max(cpu_tolerance.get("abs", 0.0), ACCELERATOR_ATOL))
+
+
+def logged(trainer, key):
+    """Every training-time value of ``key`` in the trainer's log history (eval entries left out)."""
+    return [e[key] for e in trainer.state.log_history if key in e and "eval_loss" not in e]
+
+
+def summed_logps(model, batch):
+    """Sum of the answer (completion) tokens' log-probs per row, by hand: a plain log-softmax of the full logits."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    token_logps = torch.log_softmax(logits.double(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (token_logps * batch["completion_mask"][:, 1:]).sum(-1)

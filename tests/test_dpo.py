@@ -15,7 +15,7 @@ from posttrain.data.collate import PreferenceCollator, SharedPrefixCollator
 from posttrain.losses.logprobs import shared_prefix_token_logps
 from posttrain.models.tiny import tiny_config
 
-from data_helpers import assert_runs_agree, on_device
+from data_helpers import assert_runs_agree, logged, on_device, summed_logps
 
 
 def config(tmp_path, **kw):
@@ -24,18 +24,6 @@ def config(tmp_path, **kw):
                 lr_scheduler_type="constant", warmup_steps=0, reference_cache_dir=str(tmp_path / "cache"))
     base.update(kw)
     return DPOConfig(**base)
-
-
-def logged(trainer, key):
-    return [e[key] for e in trainer.state.log_history if key in e and "eval_loss" not in e]
-
-
-def summed_logps(model, batch):
-    """Sum of the answer tokens' log-probs per row, by hand: a plain log-softmax of the full logits."""
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    token_logps = torch.log_softmax(logits.double(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    return (token_logps * batch["completion_mask"][:, 1:]).sum(-1)
 
 
 @pytest.fixture(scope="module")

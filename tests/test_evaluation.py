@@ -210,7 +210,7 @@ def test_frontier_probe_does_not_change_dpo_training(tmp_path):
         args = DPOConfig(output_dir=str(tmp_path / name), per_device_train_batch_size=4, learning_rate=1e-3,
                          max_steps=4, logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0,
                          max_length=64, lr_scheduler_type="constant", warmup_steps=0, report_to="none",
-                         reference_cache_dir=str(tmp_path / name / "cache"))
+                         reference_cache_dir=str(tmp_path / name / "cache"), disable_dropout=False)
         trainer = DPOTrainer(model, args, train_dataset=toy.preference_pairs(8, seed=4), callbacks=callbacks)
         start = weights(trainer.model)
         trainer.train()

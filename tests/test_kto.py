@@ -7,7 +7,7 @@ import torch
 from posttrain import KTOConfig, KTOTrainer, load_model
 from posttrain.data import toy
 
-from data_helpers import on_device
+from data_helpers import logged, on_device, summed_logps
 
 
 def config(tmp_path, **kw):
@@ -16,18 +16,6 @@ def config(tmp_path, **kw):
                 lr_scheduler_type="constant", warmup_steps=0)
     base.update(kw)
     return KTOConfig(**base)
-
-
-def logged(trainer, key):
-    return [e[key] for e in trainer.state.log_history if key in e and "eval_loss" not in e]
-
-
-def summed_logps(model, batch):
-    """Sum of the completion tokens' log-probs per row, by hand: a plain log-softmax of the full logits."""
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    token_logps = torch.log_softmax(logits.double(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    return (token_logps * batch["completion_mask"][:, 1:]).sum(-1)
 
 
 def unpaired_rows(n, seed):
