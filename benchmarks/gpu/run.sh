@@ -69,7 +69,8 @@ if [ "$TINY" = 1 ]; then
 else
   TESTS="tests/test_sft.py tests/test_dpo.py tests/test_reward.py tests/test_online.py tests/test_online_contract.py
          tests/test_rl_learning.py tests/test_rest.py tests/test_value_head.py tests/test_losses.py tests/test_models.py
-         tests/test_preference_losses.py tests/test_rl_losses.py tests/test_evaluation.py"
+         tests/test_preference_losses.py tests/test_rl_losses.py tests/test_evaluation.py tests/test_kto.py
+         tests/test_packing.py"
 fi
 XDIST=""
 if [ "$TINY" != 1 ] && $PY -c "import xdist" 2>/dev/null; then XDIST="-n ${TEST_WORKERS:-8} --dist load"; fi
@@ -88,7 +89,7 @@ if [ "$TINY" = 1 ]; then
   OFF="--sizes 5m --batch 4 --steps 1 --warmup 1 --repeats 1 --benchmarks sft,dpo,dpo-prefix"
   ON="--size tiny --steps 1 --warmup 1 --repeats 1 --only grpo"
 else
-  OFF="--sizes ${BENCH_SIZES:-150m} --batch 32 --bf16 --steps 8 --warmup 2 --repeats 2"
+  OFF="--sizes ${BENCH_SIZES:-150m} --batch 32 --bf16 --steps 8 --warmup ${BENCH_WARMUP:-2} --repeats ${BENCH_REPEATS:-2}"
   ON="--size 50m --bf16 --steps 4 --warmup 1 --repeats 2 --only grpo,rloo"
 fi
 timeout "${OFFLINE_TIMEOUT:-140}" $PY benchmarks/gpu/bench.py offline $OFF >"$OUT/bench_offline.log" 2>&1
