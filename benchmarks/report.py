@@ -126,7 +126,7 @@ def _included_section(path: str | None, title: str, command: str) -> str:
 def markdown(results: list[Result], command: str, repeats: int, elapsed: float,
              memory: str | None = None) -> str:
     info = machine()
-    family = {"sft": "SFT", "reward": "reward", "dpo": "DPO"}
+    family = {"sft": "SFT", "reward": "reward", "dpo": "DPO", "kto": "KTO"}
     schedule = "; ".join(sorted({f"`{cfg.MODELS[r.size]}` {family[_family(r.benchmark)]}: {r.warmup} warm-up + "
                                  f"{r.steps} timed steps" for r in results}))
     slower = [r for r in results if r.ratio < 1]

@@ -33,6 +33,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import importlib  # noqa: E402
 import io  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
@@ -70,13 +71,15 @@ BATCH_SIZE = 8
 MAX_LENGTH = 256
 LEARNING_RATE = 1e-5
 SEED = 0
-BENCHMARKS = ("sft", "sft-packed", "reward", "dpo", "dpo-lora", "dpo-prefix")
+BENCHMARKS = ("sft", "sft-packed", "reward", "dpo", "dpo-lora", "dpo-prefix", "kto")
 DPO_BENCHMARKS = ("dpo", "dpo-lora", "dpo-prefix")
-FAMILIES = {"sft": ("sft", "sft-packed"), "reward": ("reward",), "dpo": DPO_BENCHMARKS}
+PAIRED = (*DPO_BENCHMARKS, "kto")  # DPO-like steps (policy + reference passes): fewer timed steps
+FAMILIES = {"sft": ("sft", "sft-packed"), "reward": ("reward",), "dpo": DPO_BENCHMARKS, "kto": ("kto",)}
 LABELS = {"sft": "SFT, padded (tokens/s)", "sft-packed": "SFT, padding-free (tokens/s)",
           "reward": "Reward modeling (pairs/s)", "dpo": "DPO, copy reference (pairs/s)",
           "dpo-lora": "DPO, LoRA, adapter-off reference (pairs/s)",
-          "dpo-prefix": "DPO, copy reference, posttrain prefix sharing (pairs/s) [1]"}
+          "dpo-prefix": "DPO, copy reference, posttrain prefix sharing (pairs/s) [1]",
+          "kto": "KTO, copy reference (rows/s)"}
 LIBRARIES = ("posttrain", "trl")
 # DPO: each step runs 2 x BATCH_SIZE sequences of ~230 tokens through the policy (forward + backward)
 # and the reference (forward), so it is slower than an SFT step: fewer timed steps.
@@ -158,6 +161,13 @@ def dpo_rows(n: int, tokenizer, max_length: int = MAX_LENGTH, seed: int = SEED) 
     return rows
 
 
+def kto_rows(n: int, tokenizer, max_length: int = MAX_LENGTH, seed: int = SEED) -> list[dict]:
+    """Unpaired rows from the DPO rows: each pair gives its chosen answer (label True) or its rejected one
+    (False), alternating, so a batch mixes both labels."""
+    return [{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 == 0 else r["rejected"], "label": i % 2 == 0}
+            for i, r in enumerate(dpo_rows(n, tokenizer, max_length, seed))]
+
+
 # ---- models ---------------------------------------------------------------------------------------
 def build_model(size: str, task: str):
     """``load_model(MODELS[size], task, seed=SEED)`` in float32: both libraries get the same weights."""
@@ -180,6 +190,8 @@ def _count(benchmark: str, inputs: dict) -> int:
     """Work units in one batch: pairs for reward and DPO, non-pad tokens for SFT (a packed row has no padding)."""
     if benchmark in DPO_BENCHMARKS and "segment_ids" in inputs:  # prefix sharing: one row per pair
         return int(inputs["input_ids"].shape[0])
+    if benchmark == "kto":  # the labelled rows (each library adds its own mismatched KL rows)
+        return int(inputs["label"].shape[0])
     if benchmark == "reward" or benchmark in DPO_BENCHMARKS:  # chosen rows, then rejected rows
         return int(inputs["input_ids"].shape[0]) // 2
     if "attention_mask" in inputs:
@@ -252,8 +264,20 @@ def _make_dpo_trainer(library: str, benchmark: str, size: str, model, tokenizer,
                           peft_config=lora, callbacks=callbacks)
 
 
+def _make_kto_trainer(library: str, size: str, model, tokenizer, dataset, args_kwargs: dict, callbacks):
+    """KTO, beta DPO_BETA, weights 1, a frozen copy of the starting weights as reference, rows in dataset
+    order (TRL's default sampling; posttrain's too)."""
+    lib = importlib.import_module(library)
+    args = lib.KTOConfig(**args_kwargs, beta=DPO_BETA, desirable_weight=1.0, undesirable_weight=1.0,
+                         train_sampling_strategy="sequential", disable_dropout=True)
+    return lib.KTOTrainer(model, ref_model=build_model(size, "causal-lm"), args=args, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=callbacks)
+
+
 def _make_trainer(library: str, benchmark: str, size: str, model, tokenizer, rows, args_kwargs: dict, callbacks):
     dataset = datasets.Dataset.from_list(rows)
+    if benchmark == "kto":
+        return _make_kto_trainer(library, size, model, tokenizer, dataset, args_kwargs, callbacks)
     if benchmark in DPO_BENCHMARKS:
         return _make_dpo_trainer(library, benchmark, size, model, tokenizer, dataset, args_kwargs, callbacks)
     if library == "posttrain":
@@ -365,13 +389,13 @@ def _params(size: str, benchmark: str) -> int:
 
 def schedule(benchmark: str, size: str, steps: int | None = None, warmup: int | None = None) -> tuple[int, int]:
     """(timed steps, warm-up steps) of a benchmark at a size: the overrides, else the per-size defaults."""
-    dpo = benchmark in DPO_BENCHMARKS
+    dpo = benchmark in PAIRED
     return (steps or (DPO_STEPS if dpo else DEFAULT_STEPS)[size],
             warmup or (DPO_WARMUP if dpo else DEFAULT_WARMUP)[size])
 
 
 def _unit(benchmark: str) -> str:
-    return "tokens" if benchmark.startswith("sft") else "pairs"
+    return "tokens" if benchmark.startswith("sft") else ("rows" if benchmark == "kto" else "pairs")
 
 
 def benchmark(sizes: list[str], steps: int | None = None, warmup: int | None = None, repeats: int = 2,
@@ -385,7 +409,7 @@ def benchmark(sizes: list[str], steps: int | None = None, warmup: int | None = N
     compared with the same TRL runs (TRL's standard DPO with a copy reference) as the ``dpo`` row.
     """
     tokenizer = load_tokenizer(TOKENIZER)
-    makers = {"sft": sft_rows, "reward": reward_rows, "dpo": dpo_rows}
+    makers = {"sft": sft_rows, "reward": reward_rows, "dpo": dpo_rows, "kto": kto_rows}
     results = []
     for size in sizes:
         data: dict[tuple[str, int], list[dict]] = {}
@@ -409,7 +433,7 @@ def benchmark(sizes: list[str], steps: int | None = None, warmup: int | None = N
             for r in range(repeats):
                 for name, library in (group if r % 2 == 0 else group[::-1]):
                     result = found[name]
-                    kind = "dpo" if name in DPO_BENCHMARKS else ("reward" if name == "reward" else "sft")
+                    kind = "dpo" if name in DPO_BENCHMARKS else (name if name in ("reward", "kto") else "sft")
                     key = (kind, (result.steps + result.warmup) * BATCH_SIZE)  # one epoch, every row seen once
                     if key not in data:
                         data[key] = makers[kind](key[1], tokenizer)

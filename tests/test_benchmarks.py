@@ -21,7 +21,7 @@ def test_benchmark_harness_measures_both_libraries():
     # TRL comes with the `bench` extra; without it the harness still runs (and checks) posttrain's side.
     has_trl = importlib.util.find_spec("trl") is not None
     libraries = ("posttrain", "trl") if has_trl else ("posttrain",)
-    names = tuple(b for b in bench.BENCHMARKS if b not in bench.DPO_BENCHMARKS)  # DPO: see the next test
+    names = tuple(b for b in bench.BENCHMARKS if b not in bench.PAIRED)  # DPO and KTO: see the next tests
     results = bench.benchmark(["5m"], steps=1, warmup=1, repeats=1, benchmarks=names, libraries=libraries,
                               log=lambda _: None)
 
@@ -86,3 +86,20 @@ def test_benchmark_harness_dpo_rows(monkeypatch):
         for key in ("chosen", "rejected"):
             answer = len(tok(row[key] + tok.eos_token)["input_ids"])
             assert answer < prompt and prompt + answer <= bench.MAX_LENGTH
+
+
+def test_benchmark_harness_kto_row(monkeypatch):
+    """KTO against TRL's KTOTrainer: the same rows counted, the same first loss (policy == reference: every
+    row's loss is 1 - sigma(0) = 0.5 at step 1)."""
+    bench = _load_harness()
+    monkeypatch.setattr(bench, "BATCH_SIZE", 2)
+    has_trl = importlib.util.find_spec("trl") is not None
+    libraries = ("posttrain", "trl") if has_trl else ("posttrain",)
+    (result,) = bench.benchmark(["5m"], steps=1, warmup=1, repeats=1, benchmarks=("kto",), libraries=libraries,
+                                log=lambda _: None)
+    run = result.runs["posttrain"][0]
+    assert run.units == {2: 2} and math.isclose(run.first_loss, 0.5, abs_tol=1e-6)
+    if has_trl:
+        assert result.runs["trl"][0].units == run.units
+        assert math.isclose(result.runs["trl"][0].first_loss, run.first_loss, abs_tol=1e-6)
+        assert math.isfinite(result.ratio) and result.ratio > 0
