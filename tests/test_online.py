@@ -212,14 +212,18 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tokenizer, loss_ty
         config = quick(GRPOConfig, prompts=1, num_generations=4, per_device_train_batch_size=micro,
                        gradient_accumulation_steps=accumulation, steps_per_generation=8 // micro, max_steps=steps,
                        output_dir=str(tmp_path), learning_rate=1e-2, adam_epsilon=1.0, loss_type=loss_type,
-                       max_grad_norm=0.0)
-        assert config.generation_batch_size() == 8 and config.optimizer_steps_per_generation() == steps
+                       max_grad_norm=0.0, bf16=False)  # an fp32 identity: bf16 autocast rounds micro-batches apart
+        assert config.completions_per_process() == 8 and config.optimizer_steps_per_generation() == steps
         sampler = PolicySampler(tokenizer, config.sampling(), backend=EosEarly())  # completions of unequal length
         trainer = GRPOTrainer("tiny:llama", varied, args=config, train_dataset=rows, rollout_source=sampler)
         trainer.train()
         assert trainer.state.global_step == steps
         weights.append(params(trainer.model))
-    assert (weights[0] - weights[1]).abs().max() < 1e-6
+        device = next(trainer.model.parameters()).device
+    if device.type == "cpu":
+        assert (weights[0] - weights[1]).abs().max() < 1e-6
+    else:  # not bit-reproducible, and the micro-batch shapes differ: within the tolerance data_helpers explains
+        assert runs_agree(weights[0].to(device), weights[1].to(device)), (weights[0] - weights[1]).abs().max()
     assert (weights[0] - params(load_model("tiny:llama", seed=0))).abs().max() > 1e-4  # it did train
 
 

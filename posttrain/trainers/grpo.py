@@ -19,12 +19,13 @@ from ..losses.logprobs import forward_completion
 from ..losses.rl import LOSS_TYPES, aggregate, clipped_policy_loss, group_advantages, grpo_kl
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
+from .trl_fields import TRLGRPOFields
 
 SCALES = ("group", "batch", "none")
 
 
 @dataclass
-class GRPOConfig(OnlineConfig):
+class GRPOConfig(OnlineConfig, TRLGRPOFields):
     num_generations: int = field(default=8, metadata={"help": "Completions sampled per prompt (the group, G)."})
     beta: float = field(default=0.0, metadata={
         "help": "Weight of the KL to the reference model (0: no reference model is kept)."})

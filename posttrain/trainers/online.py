@@ -62,7 +62,8 @@ class OnlineTrainer:
         self.processing_class = self.tokenizer = processing_class or load_tokenizer(self.base_model_name)
         check_tokenizer(self.tokenizer)
         if isinstance(model, str):
-            model = load_model(model, "causal-lm", seed=args.seed, trust_remote_code=args.trust_remote_code)
+            model = load_model(model, "causal-lm", seed=args.seed, trust_remote_code=args.trust_remote_code,
+                               **(args.model_init_kwargs or {}))
         if peft_config is not None:
             model = add_adapter(model, peft_config, args.seed)
         if args.disable_dropout:  # after LoRA: its dropout too would make the two log-probs of the ratio differ
@@ -117,7 +118,7 @@ class OnlineTrainer:
 
     # ---- prompts: a pure function of the generation count, so resuming needs no sampler state ---------
     def _prompts_per_generation(self) -> int:
-        size = self.args.generation_batch_size()
+        size = self.args.completions_per_process()
         if size % self.group_size:
             raise ValueError(f"per_device_train_batch_size x steps_per_generation = {size} completions per process "
                              f"is not a multiple of num_generations = {self.group_size}; each process samples whole "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from ..config import BF16_HELP, GRADIENT_CHECKPOINTING_HELP, resolve_bf16
+from ..config import BF16_HELP, GRADIENT_CHECKPOINTING_HELP, refuse_unimplemented, resolve_bf16
 from ..rollout import SamplingConfig
 
 GENERATION_KWARGS = ("min_new_tokens", "stop_strings")  # what generation_kwargs may set besides the fields
@@ -31,6 +31,9 @@ class OnlineConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={
         "help": "Log every N optimizer steps (or this fraction of the run if < 1). TRL's default (10)."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate (TRL's GRPO default)."})
+    model_init_kwargs: dict | str | None = field(default=None, metadata={
+        "help": "Keyword arguments for from_pretrained (e.g. {\"dtype\": \"bfloat16\"}) when the model is given "
+                "by name; a JSON string on the command line."})
     bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": GRADIENT_CHECKPOINTING_HELP})
     trust_remote_code: bool = field(default=False, metadata={
@@ -43,6 +46,10 @@ class OnlineConfig(TrainingArguments):
     steps_per_generation: int | None = field(default=None, metadata={
         "help": "Micro-batches of per_device_train_batch_size completions sampled per generation "
                 "(default: gradient_accumulation_steps, i.e. one generation per optimizer step)."})
+    generation_batch_size: int | None = field(default=None, metadata={
+        "help": "Completions sampled per generation across all processes (TRL's meaning). Default: "
+                "per_device_train_batch_size x processes x steps_per_generation. Give it or "
+                "steps_per_generation, not both."})
     num_iterations: int = field(default=1, metadata={
         "help": "Optimisation passes over each generation (GRPO's mu; PPO's epochs, TRL's num_ppo_epochs)."})
     # ---- sampling -------------------------------------------------------------------------------------
@@ -70,6 +77,9 @@ class OnlineConfig(TrainingArguments):
                 "default is True; TRL's GRPO/RLOO default is False (then the importance ratio is noisy)."})
 
     def __post_init__(self):
+        refuse_unimplemented(self)  # TRL fields posttrain lacks (trl_fields.py): refused unless at their default
+        if isinstance(self.model_init_kwargs, str):
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
         if isinstance(self.generation_kwargs, str):
             try:
                 self.generation_kwargs = json.loads(self.generation_kwargs)
@@ -96,8 +106,17 @@ class OnlineConfig(TrainingArguments):
             self.use_cpu = True  # else `accelerate launch` on CPUs runs every process alone, no gloo group
         resolve_bf16(self)
         super().__post_init__()
+        if self.generation_batch_size is not None:
+            if self.steps_per_generation is not None:
+                raise ValueError("Give generation_batch_size or steps_per_generation, not both (as in TRL).")
+            per_step = self.per_device_train_batch_size * self.world_size
+            if self.generation_batch_size < 1 or self.generation_batch_size % per_step:
+                raise ValueError(f"generation_batch_size ({self.generation_batch_size}) must be a positive multiple "
+                                 f"of per_device_train_batch_size x processes ({per_step}).")
+            self.steps_per_generation = self.generation_batch_size // per_step
         if self.steps_per_generation is None:
             self.steps_per_generation = self.gradient_accumulation_steps
+        self.generation_batch_size = self.per_device_train_batch_size * self.world_size * self.steps_per_generation
         if self.steps_per_generation % self.gradient_accumulation_steps:
             raise ValueError(f"steps_per_generation ({self.steps_per_generation}) must be a multiple of "
                              f"gradient_accumulation_steps ({self.gradient_accumulation_steps}): a generation "
@@ -111,7 +130,7 @@ class OnlineConfig(TrainingArguments):
                               stop_strings=tuple(extra.get("stop_strings") or ()),
                               min_new_tokens=int(extra.get("min_new_tokens") or 0))
 
-    def generation_batch_size(self) -> int:
+    def completions_per_process(self) -> int:
         """Completions each process samples per generation."""
         return self.per_device_train_batch_size * self.steps_per_generation
 

@@ -120,7 +120,7 @@ class ReSTTrainer(OnlineTrainer):
     def grow(self, g: int) -> list[dict]:
         """Sample and score ``num_generations`` completions for every prompt; written to disk."""
         samples, n, k = [], len(self.train_prompts.values), self.args.num_generations
-        per_batch = max(1, self.args.generation_batch_size() // k)
+        per_batch = max(1, self.args.completions_per_process() // k)
         self.model.eval()
         for start in range(0, n, per_batch):
             indices = list(range(start, min(start + per_batch, n)))

@@ -22,10 +22,11 @@ from ..losses.logprobs import forward_completion
 from ..losses.rl import leave_one_out_advantages, rloo_sequence_loss
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
+from .trl_fields import TRLRLOOFields
 
 
 @dataclass
-class RLOOConfig(OnlineConfig):
+class RLOOConfig(OnlineConfig, TRLRLOOFields):
     num_generations: int = field(default=2, metadata={"help": "Completions sampled per prompt (TRL's default, 2)."})
     beta: float = field(default=0.05, metadata={
         "help": "Weight of the KL penalty subtracted from each completion's reward (0: no reference model)."})
