@@ -15,7 +15,7 @@ from posttrain.data.collate import PreferenceCollator, SharedPrefixCollator
 from posttrain.losses.logprobs import shared_prefix_token_logps
 from posttrain.models.tiny import tiny_config
 
-from data_helpers import assert_runs_agree, logged, on_device, summed_logps
+from data_helpers import assert_runs_agree, logged, logged_runs_agree, on_device, runs_agree, summed_logps
 
 
 def config(tmp_path, **kw):
@@ -66,7 +66,9 @@ def test_first_loss_is_log_2_only_with_dropout_disabled(arch, tmp_path):
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(model_config)
         model.config.name_or_path = f"tiny:{arch}"  # the tokenizer to load
-        trainer = DPOTrainer(model, config(tmp_path / str(disable), max_steps=1, disable_dropout=disable),
+        # bf16=False: log 2 is an fp32 identity (bf16 autocast, the default on a bf16 GPU, rounds the policy's
+        # forward and not necessarily the reference's)
+        trainer = DPOTrainer(model, config(tmp_path / str(disable), max_steps=1, disable_dropout=disable, bf16=False),
                              train_dataset=toy.preference_pairs(8, seed=10))
         trainer.train()
         return logged(trainer, "loss")[0]
@@ -103,24 +105,30 @@ def test_prefix_sharing_gives_the_unshared_token_logps(arch, tmp_path):
 
 def test_prefix_sharing_trains_like_the_unshared_run(tmp_path):
     rows = toy.preference_pairs(32, seed=5)
-    plain = DPOTrainer("tiny:llama", config(tmp_path / "a"), train_dataset=rows)
+    # bf16=False: an fp32 identity (bf16 autocast, the default on a bf16 GPU, rounds the two layouts apart)
+    plain = DPOTrainer("tiny:llama", config(tmp_path / "a", bf16=False), train_dataset=rows)
     plain.train()
-    shared = DPOTrainer("tiny:llama", config(tmp_path / "b", prefix_sharing=True), train_dataset=rows)
+    shared = DPOTrainer("tiny:llama", config(tmp_path / "b", prefix_sharing=True, bf16=False), train_dataset=rows)
     shared.train()
-    assert logged(shared, "loss") == pytest.approx(logged(plain, "loss"), abs=1e-5)
+    tolerance = logged_runs_agree(plain.model.device, abs=1e-5)  # CPU: 1e-5; accelerator: data_helpers'
+    assert logged(shared, "loss") == pytest.approx(logged(plain, "loss"), **tolerance)
 
 
 def test_precomputed_reference_matches_copy_and_skips_the_reference_forward(tmp_path):
     rows = toy.preference_pairs(48, seed=6)
-    copy = DPOTrainer("tiny:llama", config(tmp_path, reference="copy", max_steps=6), train_dataset=rows)
+    # bf16=False: an fp32 identity (under bf16 autocast, the default on a bf16 GPU, the copy's reference forward
+    # is rounded to bf16 and the precomputed one is not)
+    copy = DPOTrainer("tiny:llama", config(tmp_path, reference="copy", max_steps=6, bf16=False), train_dataset=rows)
     copy.train()
-    pre = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed", max_steps=6), train_dataset=rows)
+    pre = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed", max_steps=6, bf16=False),
+                     train_dataset=rows)
     assert pre.ref_model is None
     pre.train()
     print(f"reference forwards during training: copy {copy.reference_forwards}, precomputed {pre.reference_forwards}")
     assert copy.reference_forwards == 6 and pre.reference_forwards == 0
-    assert logged(pre, "loss") == pytest.approx(logged(copy, "loss"), abs=1e-5)
-    assert logged(pre, "rewards/margins") == pytest.approx(logged(copy, "rewards/margins"), abs=1e-5)
+    tolerance = logged_runs_agree(copy.model.device, abs=1e-5)  # CPU: 1e-5; accelerator: data_helpers'
+    assert logged(pre, "loss") == pytest.approx(logged(copy, "loss"), **tolerance)
+    assert logged(pre, "rewards/margins") == pytest.approx(logged(copy, "rewards/margins"), **tolerance)
     # A second run finds the cache (keyed by model, tokenizer and data) instead of recomputing.
     calls = {"n": 0}
     original = DPOTrainer.pair_logps
@@ -131,9 +139,10 @@ def test_precomputed_reference_matches_copy_and_skips_the_reference_forward(tmp_
 
     DPOTrainer.pair_logps = counting
     try:
-        again = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed"), train_dataset=rows)
+        again = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed", bf16=False), train_dataset=rows)
         assert calls["n"] == 0 and again.reference_cache_path == pre.reference_cache_path
-        other_data = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed"), train_dataset=rows[:40])
+        other_data = DPOTrainer("tiny:llama", config(tmp_path, reference="precomputed", bf16=False),
+                                train_dataset=rows[:40])
         assert calls["n"] > 0 and other_data.reference_cache_path != pre.reference_cache_path
     finally:
         DPOTrainer.pair_logps = original
@@ -143,8 +152,10 @@ def test_lora_reference_is_the_adapter_switched_off(tmp_path):
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
     base = load_model("tiny:llama")
     reference = load_model("tiny:llama")  # an untouched copy, only to check the values
-    trainer = DPOTrainer(base, config(tmp_path, max_steps=5, learning_rate=1e-2), train_dataset=toy.preference_pairs(32),
-                         peft_config=lora)
+    # bf16=False: the check below is an fp32 identity (under bf16 autocast, the default on a bf16 GPU, the
+    # prepared policy's forward -- adapter off included -- would run in bf16 and the plain reference's not)
+    trainer = DPOTrainer(base, config(tmp_path, max_steps=5, learning_rate=1e-2, bf16=False),
+                         train_dataset=toy.preference_pairs(32), peft_config=lora)
     assert trainer.reference_strategy == "adapter" and trainer.ref_model is None
     trainer.train()
     batch = on_device(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]), trainer.model.device)
@@ -154,7 +165,9 @@ def test_lora_reference_is_the_adapter_switched_off(tmp_path):
     with torch.no_grad():
         expected = trainer.pair_logps(reference, batch)
         policy = trainer.pair_logps(trainer.model, batch)
-    assert torch.allclose(ref_chosen, expected[0], atol=1e-5) and torch.allclose(ref_rejected, expected[1], atol=1e-5)
+    # On the CPU to atol 1e-5 (allclose's default rtol 1e-5); on an accelerator, whose fp32 kernels are not
+    # bit-reproducible (and these are sums of ~-80), within data_helpers' tolerance
+    assert runs_agree(ref_chosen, expected[0], atol=1e-5) and runs_agree(ref_rejected, expected[1], atol=1e-5)
     assert not torch.allclose(policy[0], expected[0], atol=1e-3)  # the adapter did learn something
     assert logged(trainer, "rewards/margins")[-1] > logged(trainer, "rewards/margins")[0]
 
@@ -258,7 +271,8 @@ def test_trl_signature_and_combined_loss(tmp_path):
     rows = toy.preference_pairs(8, seed=10)
     with pytest.raises(TypeError, match="posttrain DPOConfig"):
         DPOTrainer("tiny:llama", None, SFTConfig(output_dir=str(tmp_path)), train_dataset=rows)
-    args = config(tmp_path, max_steps=1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
+    # bf16=False: the logged loss is checked against an fp32 sum by hand (bf16 is the default on a bf16 GPU)
+    args = config(tmp_path, max_steps=1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], bf16=False)
     model, ref_model = load_model("tiny:llama"), load_model("tiny:llama", seed=1)
     trainer = DPOTrainer(model, ref_model, args, train_dataset=rows)
     assert trainer.ref_model is not None and trainer.reference_strategy == "copy"

@@ -187,7 +187,8 @@ def test_frontier_probe_does_not_change_ppo_training(tmp_path, every, unit, step
         # 4 generations of 4 prompts, 4 PPO epochs each (num_iterations' default): 16 optimizer steps
         args = PPOConfig(output_dir=str(tmp_path / name), max_steps=16, per_device_train_batch_size=4,
                          max_completion_length=8, learning_rate=1e-3, disable_tqdm=True, seed=0, logging_steps=1,
-                         lr_scheduler_type="constant", save_strategy="no", report_to="none")
+                         lr_scheduler_type="constant", save_strategy="no", report_to="none",
+                         bf16=False)  # bf16 autocast (the GPU default) would amplify the kernels' run-to-run noise
         trainer = PPOTrainer("tiny:llama", ["sentiment"], args=args, train_dataset=toy.review_prompts(8, seed=3),
                              callbacks=callbacks)
         start = weights(trainer.model)
@@ -210,7 +211,8 @@ def test_frontier_probe_does_not_change_dpo_training(tmp_path):
         args = DPOConfig(output_dir=str(tmp_path / name), per_device_train_batch_size=4, learning_rate=1e-3,
                          max_steps=4, logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0,
                          max_length=64, lr_scheduler_type="constant", warmup_steps=0, report_to="none",
-                         reference_cache_dir=str(tmp_path / name / "cache"), disable_dropout=False)
+                         reference_cache_dir=str(tmp_path / name / "cache"), disable_dropout=False,
+                         bf16=False)  # bf16 autocast (the GPU default) would amplify the kernels' run-to-run noise
         trainer = DPOTrainer(model, args, train_dataset=toy.preference_pairs(8, seed=4), callbacks=callbacks)
         start = weights(trainer.model)
         trainer.train()

@@ -292,7 +292,9 @@ def test_max_prompt_length_truncates_and_counts(tmp_path, caplog):
 
 # ---- g. GRPO logs the KL whenever beta > 0 ----------------------------------------------------------------
 def test_grpo_logs_kl_with_one_optimizer_step_per_generation(tmp_path):
-    args = config(GRPOConfig, tmp_path, beta=0.1, max_steps=3, generation_kwargs={"min_new_tokens": 4})
+    # bf16=False: a KL of exactly 0 is an fp32 identity (bf16 autocast, the default on a bf16 GPU, rounds the
+    # policy's forward and not the sampler's or the reference's alike)
+    args = config(GRPOConfig, tmp_path, beta=0.1, max_steps=3, generation_kwargs={"min_new_tokens": 4}, bf16=False)
     assert args.optimizer_steps_per_generation() == 1
     trainer = GRPOTrainer("tiny:llama", varied, args=args, train_dataset=rows())
     trainer.train()
@@ -322,8 +324,10 @@ def test_grpo_bias_correction_changes_the_off_policy_update(tmp_path):
 
 def test_rloo_kl_is_a_per_token_mean(tmp_path):
     length = 5
+    # bf16=False: a KL of exactly 0 is an fp32 identity (bf16 autocast, the default on a bf16 GPU, rounds the
+    # policy's forward and not the reference's alike)
     args = config(RLOOConfig, tmp_path, beta=0.1, max_steps=3, max_completion_length=length,
-                  generation_kwargs={"min_new_tokens": length})
+                  generation_kwargs={"min_new_tokens": length}, bf16=False)
     trainer = RLOOTrainer("tiny:llama", varied, args=args, train_dataset=rows())
     trainer.train()
     history = trainer.state.log_history

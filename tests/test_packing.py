@@ -9,6 +9,8 @@ from posttrain.data import toy
 from posttrain.data.collate import IGNORE_INDEX, SFTCollator
 from posttrain.data.packing import best_fit_decreasing, pack_dataset
 
+from data_helpers import on_device
+
 ARCHS = ["llama", "gpt2", "qwen2"]
 
 
@@ -117,8 +119,8 @@ def test_no_token_attends_across_examples(arch, attn):
 
 
 def _loss(trainer, batch):
-    with torch.no_grad():
-        return trainer.compute_loss(trainer.model, dict(batch)).item()
+    with torch.no_grad():  # the Trainer moved the model to the accelerator, if any; the collated batch is on the CPU
+        return trainer.compute_loss(trainer.model, on_device(batch, trainer.model.device)).item()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
