@@ -43,7 +43,8 @@ class KTOConfig(PostTrainConfig):
         "help": "Order of the training rows: sequential (dataset order each epoch; TRL 1.16's KTO default, which "
                 "TRL needs because it pairs the KL completions in dataset order) or random (shuffled). posttrain "
                 "builds the mismatched pairs inside each batch, so 'random' is safe here and usually better for "
-                "SGD; the default keeps TRL's order so a TRL script sees the same batches.", "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
+                "SGD; the default keeps TRL's order so a TRL script sees the same batches.",
+        "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]})
     reference: str = field(default="auto", metadata={
         "help": "Reference model (posttrain): copy (frozen copy of the start, or the ref_model given), adapter "
                 "(LoRA policy with the adapter off), or auto (the ref_model if given, adapter with LoRA, else copy)."})
