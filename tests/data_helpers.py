@@ -121,3 +121,13 @@ def summed_logps(model, batch):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     token_logps = torch.log_softmax(logits.double(), -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
     return (token_logps * batch["completion_mask"][:, 1:]).sum(-1)
+
+
+def trl_or_none():
+    """TRL when installed (the `bench` extra), else None: TRL comparisons run where it is, and the rest of
+    a test still runs without it (CI)."""
+    try:
+        import trl
+    except ImportError:
+        return None
+    return trl

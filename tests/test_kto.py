@@ -7,7 +7,7 @@ import torch
 from posttrain import KTOConfig, KTOTrainer, load_model
 from posttrain.data import toy
 
-from data_helpers import logged, on_device, summed_logps
+from data_helpers import logged, on_device, summed_logps, trl_or_none
 
 
 def config(tmp_path, **kw):
@@ -50,13 +50,15 @@ def test_kto_learns_and_z0_is_the_clamped_mismatched_log_ratio(tmp_path):
 
 
 def test_trl_config_fields_defaults_and_errors(tmp_path):
-    import trl
-
-    ours, theirs = KTOConfig(output_dir=str(tmp_path)), trl.KTOConfig(output_dir=str(tmp_path), bf16=False)
-    for name in ("learning_rate", "loss_type", "beta", "desirable_weight", "undesirable_weight", "max_length",
-                 "precompute_ref_log_probs", "disable_dropout", "logging_steps", "sync_ref_model"):
-        assert getattr(ours, name) == getattr(theirs, name), name
-    assert ours.train_sampling_strategy == theirs.train_sampling_strategy == "sequential"
+    trl = trl_or_none()  # without TRL (CI) the comparison is skipped and the rest still runs
+    ours = KTOConfig(output_dir=str(tmp_path))
+    if trl is not None:
+        theirs = trl.KTOConfig(output_dir=str(tmp_path), bf16=False)
+        for name in ("learning_rate", "loss_type", "beta", "desirable_weight", "undesirable_weight", "max_length",
+                     "precompute_ref_log_probs", "disable_dropout", "logging_steps", "sync_ref_model",
+                     "train_sampling_strategy"):
+            assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.train_sampling_strategy == "sequential"
     with pytest.raises(ValueError, match="precompute_ref_log_probs=True: this TRL option is not implemented"):
         config(tmp_path, precompute_ref_log_probs=True)
     with pytest.raises(ValueError, match="cannot be precomputed"):
