@@ -212,7 +212,7 @@ class PostTrainConfig(TrainingArguments):
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
     save_total_limit: int | None = field(default=2, metadata={
         "help": "Keep at most this many checkpoints in output_dir (oldest deleted first). Default 2 so a long "
-                "run cannot fill the disk; TRL keeps all (None): pass --save_total_limit none for that."})
+                "run cannot fill the disk; TRL keeps all: save_total_limit=None (YAML: null) for that."})
     bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": GRADIENT_CHECKPOINTING_HELP})
     trust_remote_code: bool = field(default=False, metadata={

@@ -41,7 +41,7 @@ class OnlineConfig(TrainingArguments):
                 "architectures). Only for repositories you trust."})
     save_total_limit: int | None = field(default=2, metadata={
         "help": "Keep at most this many checkpoints in output_dir (oldest deleted first). Default 2 so a long "
-                "run cannot fill the disk; TRL keeps all (None): pass --save_total_limit none for that."})
+                "run cannot fill the disk; TRL keeps all: save_total_limit=None (YAML: null) for that."})
     # ---- batching -------------------------------------------------------------------------------------
     steps_per_generation: int | None = field(default=None, metadata={
         "help": "Micro-batches of per_device_train_batch_size completions sampled per generation "
