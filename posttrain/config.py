@@ -190,26 +190,12 @@ GRADIENT_CHECKPOINTING_HELP = (
     "picks speed); TRL defaults to True: pass --gradient_checkpointing true for TRL's behaviour.")
 
 
-def resolve_bf16(args) -> None:
-    """TRL's ``bf16=None`` default, resolved before TrainingArguments validates precision flags."""
-    if args.bf16 is None:
-        args.bf16 = bool(not args.fp16 and not args.use_cpu and torch.cuda.is_available()
-                         and torch.cuda.is_bf16_supported())
-
-
 @dataclass
-class PostTrainConfig(TrainingArguments):
-    """Fields every posttrain trainer adds to transformers.TrainingArguments (which brings
-    checkpointing, resume, accumulation, mixed precision, logging integrations and accelerate)."""
+class SharedConfig:
+    """What every posttrain config, offline and online, sets on top of TrainingArguments, with TRL's meanings
+    (listed first in a config's bases so these defaults win). Each config's ``__post_init__`` calls
+    :meth:`resolve_shared` before TrainingArguments validates."""
 
-    max_length: int | None = field(default=1024, metadata={
-        "help": "Longest tokenized example; longer ones are truncated on --truncation_side."})
-    extra_columns: str = field(default="drop", metadata={
-        "help": "Dataset columns the format does not use: 'drop' (default, as TRL; a warning names them) or "
-                "'error' (strict: unexpected columns often mean the wrong dataset)."})
-    logging_steps: float = field(default=10, metadata={
-        "help": "Log every N optimizer steps (or a fraction of the run if < 1)."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
     save_total_limit: int | None = field(default=2, metadata={
         "help": "Keep at most this many checkpoints in output_dir (oldest deleted first). Default 2 so a long "
                 "run cannot fill the disk; TRL keeps all: save_total_limit=None (YAML: null) for that."})
@@ -221,6 +207,30 @@ class PostTrainConfig(TrainingArguments):
     model_init_kwargs: dict[str, Any] | str | None = field(default=None, metadata={
         "help": "Keyword arguments for from_pretrained (e.g. {\"dtype\": \"bfloat16\"}) when the model is given "
                 "by name; a JSON string on the command line."})
+
+    def resolve_shared(self) -> None:
+        """TRL's ``bf16=None`` default resolved, refused TRL options refused, a JSON ``model_init_kwargs`` read."""
+        if self.bf16 is None:
+            self.bf16 = bool(not self.fp16 and not self.use_cpu and torch.cuda.is_available()
+                             and torch.cuda.is_bf16_supported())
+        refuse_unimplemented(self)
+        if isinstance(self.model_init_kwargs, str):
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+
+
+@dataclass
+class PostTrainConfig(SharedConfig, TrainingArguments):
+    """Fields every posttrain trainer adds to transformers.TrainingArguments (which brings
+    checkpointing, resume, accumulation, mixed precision, logging integrations and accelerate)."""
+
+    max_length: int | None = field(default=1024, metadata={
+        "help": "Longest tokenized example; longer ones are truncated on --truncation_side."})
+    extra_columns: str = field(default="drop", metadata={
+        "help": "Dataset columns the format does not use: 'drop' (default, as TRL; a warning names them) or "
+                "'error' (strict: unexpected columns often mean the wrong dataset)."})
+    logging_steps: float = field(default=10, metadata={
+        "help": "Log every N optimizer steps (or a fraction of the run if < 1)."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
     dataset_num_proc: int | None = field(default=None, metadata={
         "help": "Processes for preparing the dataset (tokenizing, formatting, packing); default: this one."})
     activation_offloading: bool = unimplemented(False, "offload activations to the CPU.")
@@ -232,10 +242,7 @@ class PostTrainConfig(TrainingArguments):
                 "adapter from --use_peft keeps its --lora_dropout."})
 
     def __post_init__(self):
-        resolve_bf16(self)
-        refuse_unimplemented(self)
-        if isinstance(self.model_init_kwargs, str):
-            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        self.resolve_shared()
         if self.extra_columns not in ("error", "drop"):
             raise ValueError(f"extra_columns must be 'error' or 'drop', got {self.extra_columns!r}.")
         # Our collators emit the columns the loss needs; the Trainer must not prune them.

@@ -18,30 +18,19 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from ..config import BF16_HELP, GRADIENT_CHECKPOINTING_HELP, refuse_unimplemented, resolve_bf16
+from ..config import SharedConfig
 from ..rollout import SamplingConfig
 
 GENERATION_KWARGS = ("min_new_tokens", "stop_strings")  # what generation_kwargs may set besides the fields
 
 
 @dataclass
-class OnlineConfig(TrainingArguments):
+class OnlineConfig(SharedConfig, TrainingArguments):
     output_dir: str | None = field(default=None, metadata={
         "help": "Where checkpoints, logs and the final model go (default: runs/<method>)."})
     logging_steps: float = field(default=10, metadata={
         "help": "Log every N optimizer steps (or this fraction of the run if < 1). TRL's default (10)."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate (TRL's GRPO default)."})
-    model_init_kwargs: dict | str | None = field(default=None, metadata={
-        "help": "Keyword arguments for from_pretrained (e.g. {\"dtype\": \"bfloat16\"}) when the model is given "
-                "by name; a JSON string on the command line."})
-    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": GRADIENT_CHECKPOINTING_HELP})
-    trust_remote_code: bool = field(default=False, metadata={
-        "help": "Allow a hub model or tokenizer given by name to run its own Python code (custom "
-                "architectures). Only for repositories you trust."})
-    save_total_limit: int | None = field(default=2, metadata={
-        "help": "Keep at most this many checkpoints in output_dir (oldest deleted first). Default 2 so a long "
-                "run cannot fill the disk; TRL keeps all: save_total_limit=None (YAML: null) for that."})
     # ---- batching -------------------------------------------------------------------------------------
     steps_per_generation: int | None = field(default=None, metadata={
         "help": "Micro-batches of per_device_train_batch_size completions sampled per generation "
@@ -77,9 +66,7 @@ class OnlineConfig(TrainingArguments):
                 "default is True; TRL's GRPO/RLOO default is False (then the importance ratio is noisy)."})
 
     def __post_init__(self):
-        refuse_unimplemented(self)  # TRL fields posttrain lacks (trl_fields.py): refused unless at their default
-        if isinstance(self.model_init_kwargs, str):
-            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        self.resolve_shared()  # also refuses TRL fields posttrain lacks (trl_fields.py) unless at their default
         if isinstance(self.generation_kwargs, str):
             try:
                 self.generation_kwargs = json.loads(self.generation_kwargs)
@@ -104,7 +91,6 @@ class OnlineConfig(TrainingArguments):
             self.output_dir = f"runs/{type(self).__name__.removesuffix('Config').lower()}"
         if not torch.cuda.is_available():
             self.use_cpu = True  # else `accelerate launch` on CPUs runs every process alone, no gloo group
-        resolve_bf16(self)
         super().__post_init__()
         if self.generation_batch_size is not None:
             if self.steps_per_generation is not None:
