@@ -20,6 +20,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 STAGING_DIR = ".staging"
 TRAINABLE_FILE = "trainable.safetensors"
+# What from_pretrained starts from: a final save moves these into place last (see atomic_save).
+COMMIT_FILES = ("config.json", "adapter_config.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
 
 def checkpoint_name(step: int) -> str:
@@ -50,6 +53,38 @@ def atomic_checkpoint(accelerator, run_dir: str, name: str, save_total_limit: in
         best = best_model_checkpoint() if callable(best_model_checkpoint) else best_model_checkpoint
         rotate_checkpoints(output_dir=run_dir, save_total_limit=save_total_limit,
                            best_model_checkpoint=final if best == staging else best, use_mtime=False)
+    accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def atomic_save(accelerator, output_dir: str):
+    """Yield a staging directory for a final model save (``output_dir`` also holds checkpoints, so it cannot
+    be swapped whole). Once every process has written, the main process removes the old model's
+    ``config.json``/``adapter_config.json`` and any old weight file the new save does not replace, moves
+    the new files in, and moves the new config files in last. A run killed mid-save therefore never leaves
+    old weights that load as if they were the new model: until the last rename the directory holds no
+    config, and ``from_pretrained`` refuses it."""
+    staging = os.path.join(output_dir, STAGING_DIR, "model")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+    accelerator.wait_for_everyone()
+    yield staging
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        new = set(os.listdir(staging))
+        for name in os.listdir(output_dir):
+            if name in COMMIT_FILES or (name.endswith(WEIGHT_SUFFIXES) and name not in new):
+                os.remove(os.path.join(output_dir, name))
+        for name in sorted(new, key=lambda n: n in COMMIT_FILES):  # the commit files last
+            target = os.path.join(output_dir, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, name), target)
+        os.rmdir(staging)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(staging))  # only when empty
     accelerator.wait_for_everyone()
 
 

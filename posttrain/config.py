@@ -209,7 +209,10 @@ class SharedConfig:
                 "by name; a JSON string on the command line."})
 
     def resolve_shared(self) -> None:
-        """TRL's ``bf16=None`` default resolved, refused TRL options refused, a JSON ``model_init_kwargs`` read."""
+        """TRL's ``bf16=None`` default resolved, refused TRL options refused, a JSON ``model_init_kwargs`` read;
+        without CUDA, ``use_cpu`` (else ``accelerate launch`` on CPUs runs every process alone, no gloo group)."""
+        if not torch.cuda.is_available():
+            self.use_cpu = True
         if self.bf16 is None:
             self.bf16 = bool(not self.fp16 and not self.use_cpu and torch.cuda.is_available()
                              and torch.cuda.is_bf16_supported())

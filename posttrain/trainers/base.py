@@ -14,7 +14,8 @@ import transformers
 
 from .. import __version__
 from ..card import final_metrics, write_model_card
-from ..checkpoint import atomic_checkpoint, checkpoint_name
+from .. import distributed
+from ..checkpoint import atomic_checkpoint, atomic_save, checkpoint_name
 from ..data.formats import load_rows, validate
 from ..data.tokenize import TOKENIZATION_VERSION, check_tokenizer
 from ..models.loading import add_adapter, disable_dropout, load_model, load_tokenizer
@@ -30,6 +31,7 @@ class PostTrainer(transformers.Trainer):
 
     def __init__(self, model, args, train_dataset=None, eval_dataset=None, processing_class=None,
                  peft_config=None, data_collator=None, callbacks=None, **kwargs):
+        distributed.start_fsdp_on_cpu()  # before transformers builds the Accelerator
         self.base_model_name = model if isinstance(model, str) else model.config.name_or_path
         if isinstance(model, str):
             model = load_model(model, self.task, seed=args.seed, trust_remote_code=args.trust_remote_code,
@@ -131,10 +133,26 @@ class PostTrainer(transformers.Trainer):
             self.state.best_model_checkpoint = os.path.join(run_dir, name)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The model, tokenizer and card. A checkpoint's model (``_internal_call``, already staged) is saved
+        as the accelerate config says, sharded under FSDP's SHARDED_STATE_DICT; the final model is always
+        a normal full ``from_pretrained`` directory, written atomically (``checkpoint.atomic_save``)."""
         output_dir = output_dir or self.args.output_dir
-        super().save_model(output_dir, _internal_call)
+        if _internal_call:
+            super().save_model(output_dir, _internal_call=True)
+            self._write_card(output_dir)
+            return
+        with atomic_save(self.accelerator, output_dir) as staging:
+            if distributed.is_fsdp(self.accelerator):  # gathered from every process's shards
+                self._save(staging, state_dict=distributed.full_state_dict(self.accelerator, self.model))
+            else:
+                super().save_model(staging, _internal_call=True)
+            self._write_card(staging)
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _write_card(self, directory: str) -> None:
         if self.args.should_save:
-            write_model_card(output_dir, base_model=self.base_model_name, method=self.method,
+            write_model_card(directory, base_model=self.base_model_name, method=self.method,
                              dataset=self.dataset_name, args=self.args, metrics=self.final_metrics(),
                              adapter=hasattr(self.model, "peft_config"))
 

@@ -15,7 +15,6 @@ import json
 import math
 from dataclasses import dataclass, field
 
-import torch
 from transformers import TrainingArguments
 
 from ..config import SharedConfig
@@ -89,8 +88,6 @@ class OnlineConfig(SharedConfig, TrainingArguments):
             raise ValueError(f"generation_kwargs {unknown} are not supported; valid keys: {GENERATION_KWARGS}.")
         if self.output_dir is None:
             self.output_dir = f"runs/{type(self).__name__.removesuffix('Config').lower()}"
-        if not torch.cuda.is_available():
-            self.use_cpu = True  # else `accelerate launch` on CPUs runs every process alone, no gloo group
         super().__post_init__()
         if self.generation_batch_size is not None:
             if self.steps_per_generation is not None:

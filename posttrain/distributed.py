@@ -1,0 +1,103 @@
+"""Scale-out: the one place that knows whether the model is sharded (PyTorch FSDP2 through accelerate) and
+what that changes for posttrain -- starting FSDP2 on CPU processes, sharding a frozen reference like the
+policy, gathering the weights once per rollout batch for generation, counting what each process holds, and
+gathering a full state dict for a normal ``save_pretrained`` at the end.
+
+Everything else (wrapping, mixed precision, gradient reduce-scatter, sharded checkpoints of the offline
+trainers) is accelerate's and PyTorch's own: a script launched with ``accelerate launch --config_file
+examples/accelerate/fsdp2.yaml`` runs unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from accelerate.utils import DistributedType
+
+
+def fsdp_requested() -> bool:
+    """Whether ``accelerate launch`` was given an FSDP config (it exports ``ACCELERATE_USE_FSDP``)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def start_fsdp_on_cpu() -> None:
+    """accelerate starts FSDP only on accelerator devices; on CPU processes (gloo) it silently falls back to
+    data parallelism with full copies. PyTorch's FSDP2 itself runs on CPU, so when an FSDP config was
+    launched without CUDA, switch the (shared, process-wide) accelerate state to FSDP with the plugin the
+    config describes, before any trainer builds its Accelerator. On a GPU this does nothing."""
+    if not fsdp_requested() or torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    Accelerator(cpu=True)  # creates the shared state (and the gloo process group) if nothing has yet
+    state = AcceleratorState()
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()  # reads the launched config from the environment
+        if plugin.fsdp_version != 2:
+            raise ValueError("On CPU processes posttrain runs FSDP version 2 only (fully_shard): set "
+                             "fsdp_version: 2 in the accelerate config.")
+        state.fsdp_plugin = plugin
+        state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def is_fsdp(accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def shard_frozen(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen model (a reference copy, a reward model) placed like the policy: sharded with the same
+    FSDP2 wrapping under FSDP, else moved to the device. Its forwards run in lockstep on every process."""
+    model.eval().requires_grad_(False)
+    if is_fsdp(accelerator) and accelerator.is_fsdp2:
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+        return fsdp2_prepare_model(accelerator, model)
+    return model.to(accelerator.device)
+
+
+def fsdp_modules(model: torch.nn.Module) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model: torch.nn.Module):
+    """Gather a sharded model's full weights once, keep them through a whole rollout batch (every decoded
+    token, log-prob forward and tool turn inside), and free them after. Inside, forwards are local: no
+    collective runs per token, so processes may decode different numbers of tokens. Unsharded models pass
+    through unchanged."""
+    modules = fsdp_modules(model)
+    if not modules:
+        yield model
+        return
+    # The post-forward reshard setting of each FSDP2 group, restored exactly after (FSDP2 has no getter).
+    saved = [(state, state._auto_reshard_after_forward, [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups])
+             for state in (m._get_fsdp_state() for m in modules)]
+    modules[0].set_reshard_after_forward(False, recurse=True)
+    try:
+        for module in modules:
+            module.unshard()
+        yield model
+    finally:
+        for module in modules:
+            module.reshard()
+        for state, auto, groups in saved:
+            state._auto_reshard_after_forward = auto
+            for group, info in groups:
+                group.post_forward_mesh_info = info
+
+
+def local_numel(model: torch.nn.Module) -> int:
+    """Parameter elements this process holds (its shards under FSDP2; everything otherwise)."""
+    return sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+
+
+def full_state_dict(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on CPU, on the main process (every process must call this; the others
+    get an empty dict under FSDP)."""
+    return accelerator.get_state_dict(model, unwrap=True)
