@@ -5,7 +5,8 @@ to ``<output_dir>/checkpoint-<step>`` by the main process only after every proce
 writing, so a run killed mid-save never leaves a ``checkpoint-<step>`` that resume would pick up
 (``get_last_checkpoint`` ignores the hidden staging directory). The offline trainers let
 ``transformers.Trainer`` write the files into the staging directory; the online trainers write
-their own (trainable weights, optimizer, scheduler, ``trainer_state.json``, RNG per process).
+their own (trainable weights, optimizer, scheduler, ``trainer_state.json``, RNG per process), gathered to
+one file each or, under FSDP's SHARDED_STATE_DICT, as each process's shards.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 STAGING_DIR = ".staging"
 TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SHARDED_DIR = "sharded"
 # What from_pretrained starts from: a final save moves these into place last (see atomic_save).
 COMMIT_FILES = ("config.json", "adapter_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
@@ -115,24 +118,60 @@ def load_rng(directory: str, process_index: int) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_trainable(model, directory: str) -> None:
-    """The parameters that train (all of them, or the LoRA adapter and value head) in safetensors."""
+def _trainable_names(model) -> set[str]:
+    return {n.removeprefix("module.") for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _state_dict_options(full: bool, **kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=full, cpu_offload=full, **kwargs)
+
+
+def save_training_state(accelerator, model, optimizer, directory: str, sharded: bool = False) -> None:
+    """The parameters that train (all of them, or the LoRA adapter and value head) and the optimizer state,
+    keyed by parameter name (torch.distributed.checkpoint's state-dict API, which sees through DDP and FSDP2).
+    Gathered to the main process as ``trainable.safetensors`` and ``optimizer.pt`` (resumable on any
+    number of processes), or with ``sharded`` (FSDP's SHARDED_STATE_DICT) written by every process as its
+    own shards into ``sharded/`` (no process ever holds the whole state). Every process must call this."""
     from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(tensors, os.path.join(directory, TRAINABLE_FILE))
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
+    names = _trainable_names(model)
+    weights, optim = get_state_dict(model, optimizer, options=_state_dict_options(full=not sharded))
+    weights = {n: t for n, t in weights.items() if n in names}
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=os.path.join(directory, SHARDED_DIR))
+    elif accelerator.is_main_process:
+        save_file({n: t.contiguous() for n, t in weights.items()}, os.path.join(directory, TRAINABLE_FILE))
+        torch.save(optim, os.path.join(directory, OPTIMIZER_FILE))
 
 
-def load_trainable(model, directory: str) -> None:
-    from safetensors.torch import load_file
+def load_training_state(model, optimizer, directory: str) -> None:
+    """Restore what :func:`save_training_state` wrote (either layout) into the model and optimizer."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    tensors = load_file(os.path.join(directory, TRAINABLE_FILE))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
-    unexpected = sorted(set(tensors) - set(params))
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    names = _trainable_names(model)
+    if os.path.isdir(os.path.join(directory, SHARDED_DIR)):
+        import torch.distributed.checkpoint as dcp
+
+        weights, optim = get_state_dict(model, optimizer, options=_state_dict_options(full=False))
+        state = {"model": {n: t for n, t in weights.items() if n in names}, "optimizer": optim}
+        dcp.load(state, checkpoint_id=os.path.join(directory, SHARDED_DIR))
+        weights, optim, full = state["model"], state["optimizer"], False
+    else:
+        from safetensors.torch import load_file
+
+        weights = load_file(os.path.join(directory, TRAINABLE_FILE))
+        optim = torch.load(os.path.join(directory, OPTIMIZER_FILE), weights_only=True)
+        full = True
+    missing, unexpected = sorted(names - set(weights)), sorted(set(weights) - names)
     if missing or unexpected:
         raise ValueError(f"Checkpoint {directory} does not match this model (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}): resume with the same model and LoRA settings.")
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor)
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
+                   options=_state_dict_options(full=full, strict=False))

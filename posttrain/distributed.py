@@ -48,6 +48,12 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def sharded_checkpoints(accelerator) -> bool:
+    """Whether checkpoints hold each process's shards (FSDP with ``fsdp_state_dict_type: SHARDED_STATE_DICT``)
+    rather than the gathered state (FULL_STATE_DICT, and every unsharded run)."""
+    return is_fsdp(accelerator) and "SHARDED" in str(accelerator.state.fsdp_plugin.state_dict_type)
+
+
 def shard_frozen(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """A frozen model (a reference copy, a reward model) placed like the policy: sharded with the same
     FSDP2 wrapping under FSDP, else moved to the device. Its forwards run in lockstep on every process."""
@@ -55,7 +61,12 @@ def shard_frozen(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     if is_fsdp(accelerator) and accelerator.is_fsdp2:
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-        return fsdp2_prepare_model(accelerator, model)
+        model = fsdp2_prepare_model(accelerator, model)
+        if accelerator.state.fsdp_plugin.reshard_after_forward:
+            # The root's own group (embeddings, output layer) would otherwise stay gathered after each forward:
+            # FSDP2 keeps it for the backward, which a frozen model never runs.
+            model.set_reshard_after_forward(True)
+        return model
     return model.to(accelerator.device)
 
 

@@ -72,9 +72,12 @@ class Reference:
     def __init__(self, strategy: str, model=None):
         self.strategy, self.model = strategy, model
 
-    def to(self, device) -> "Reference":
+    def place(self, accelerator) -> "Reference":
+        """On the policy's device; sharded like the policy under FSDP (``distributed.shard_frozen``)."""
         if self.model is not None:
-            self.model.to(device)
+            from ..distributed import shard_frozen
+
+            self.model = shard_frozen(accelerator, self.model)
         return self
 
     @torch.no_grad()
@@ -82,10 +85,9 @@ class Reference:
         """``[B, C]`` log-probs of each completion token under the reference (0 on padding)."""
         from ..losses.logprobs import forward_completion
 
-        if self.strategy == "adapter":
-            trunk = peft_trunk(policy)
-            with adapter_disabled(trunk):
-                return forward_completion(trunk, rollout, temperature)[0]
+        if self.strategy == "adapter":  # through the policy itself (under FSDP its root gathers the shards)
+            with adapter_disabled(peft_trunk(policy)):
+                return forward_completion(policy, rollout, temperature)[0]
         return forward_completion(self.model, rollout, temperature)[0]
 
 

@@ -101,6 +101,11 @@ class _PreTrainedModelWithValueHead(nn.Module):
         return self.pretrained_model.config
 
     @property
+    def _no_split_modules(self):
+        """The trunk's transformer block classes: FSDP2 wraps (shards and gathers) block by block."""
+        return getattr(self.pretrained_model, "_no_split_modules", None)
+
+    @property
     def is_peft(self) -> bool:
         from .reference import is_peft_model
 
@@ -157,15 +162,21 @@ class _PreTrainedModelWithValueHead(nn.Module):
         return ValueHeadOutput(loss=getattr(output, "loss", None), logits=output.logits, values=values)
 
     # ---- saving and loading ------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str, **kwargs) -> None:
-        """The trunk's ``save_pretrained`` (adapter only for a LoRA trunk) plus ``value_head.safetensors``."""
+    def save_pretrained(self, save_directory: str, state_dict: dict | None = None, **kwargs) -> None:
+        """The trunk's ``save_pretrained`` (adapter only for a LoRA trunk) plus ``value_head.safetensors``;
+        from ``state_dict`` (this wrapper's names, e.g. gathered from FSDP shards) when given."""
         from safetensors.torch import save_file
 
         os.makedirs(save_directory, exist_ok=True)
         if self.is_peft and str(self.config.name_or_path).startswith("tiny:"):
             kwargs.setdefault("save_embedding_layers", False)  # fixed vocabulary; skips peft's hub look-up
+        head = self.v_head.state_dict()
+        if state_dict is not None:
+            kwargs["state_dict"] = {k.removeprefix("pretrained_model."): v for k, v in state_dict.items()
+                                    if k.startswith("pretrained_model.")}
+            head = {k.removeprefix("v_head."): v for k, v in state_dict.items() if k.startswith("v_head.")}
         self.pretrained_model.save_pretrained(save_directory, **kwargs)
-        tensors = {f"v_head.{k}": v.detach().to("cpu").contiguous() for k, v in self.v_head.state_dict().items()}
+        tensors = {f"v_head.{k}": v.detach().to("cpu").contiguous() for k, v in head.items()}
         save_file(tensors, os.path.join(save_directory, VALUE_HEAD_FILE), metadata={"format": "pt"})
 
     @classmethod

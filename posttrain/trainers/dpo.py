@@ -16,9 +16,11 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
+from .. import distributed
 from ..config import PostTrainConfig, check_padding, unimplemented
 from ..data.collate import PreferenceCollator, SharedPrefixCollator
 from ..data.formats import DataFormatError
@@ -178,7 +180,9 @@ class DPOTrainer(PostTrainer):
         if self.reference_strategy == "copy":
             self.ref_model = ref_model if ref_model is not None else ref.frozen_copy(self.model)
             self.ref_model.requires_grad_(False)
-            self.ref_model = self.accelerator.prepare_model(self.ref_model.eval(), evaluation_mode=True)
+            self.ref_model = distributed.shard_frozen(self.accelerator, self.ref_model) \
+                if distributed.is_fsdp(self.accelerator) else \
+                self.accelerator.prepare_model(self.ref_model.eval(), evaluation_mode=True)
         elif self.reference_strategy == "precomputed":
             reference_model = ref_model if ref_model is not None else self.accelerator.unwrap_model(self.model)
             size = args.precompute_ref_batch_size
@@ -236,26 +240,35 @@ class DPOTrainer(PostTrainer):
         key = ref.fingerprint(model, self.processing_class, columns, {"kind": "dpo-pair-logps"})
         path = os.path.join(ref.cache_dir(self.args.reference_cache_dir), f"{key}.safetensors")
         cached = ref.load_cached(path)
-        if cached is None:
-            collator = self.data_collator
-            chosen, rejected = [], []
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
-                for start in tqdm(range(0, len(dataset), batch_size), desc="Precomputing reference log-probs",
-                                  disable=self.args.disable_tqdm):
-                    batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-                    batch = {k: v.to(self.args.device) for k, v in batch.items()}
-                    c, r = self.pair_logps(model, batch)[:2]
-                    chosen.append(c.float().cpu())
-                    rejected.append(r.float().cpu())
-            model.train(was_training)
-            cached = {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
+        self.precomputed_rows = 0
+        if cached is None:  # each process computes its share of the rows; every process gets all of them
+            with self.accelerator.split_between_processes(list(range(len(dataset)))) as mine:
+                chosen, rejected = self._reference_logps_of(dataset, mine, model, batch_size)
+            self.precomputed_rows = len(mine)
+            pieces = gather_object([(mine, chosen, rejected)])
+            order = torch.tensor([i for rows, _, _ in pieces for i in rows]).argsort()
+            cached = {"chosen": torch.cat([c for _, c, _ in pieces])[order],
+                      "rejected": torch.cat([r for _, _, r in pieces])[order]}
             if self.args.should_save:
                 ref.save_cached(path, cached)
         self.reference_cache_path = path
         return dataset.add_column("ref_chosen_logps", cached["chosen"].tolist()).add_column(
             "ref_rejected_logps", cached["rejected"].tolist())
+
+    def _reference_logps_of(self, dataset, rows: list[int], model, batch_size: int):
+        """Summed reference log-probs of the chosen and rejected answers of ``rows``, on CPU."""
+        chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for start in tqdm(range(0, len(rows), batch_size), desc="Precomputing reference log-probs",
+                              disable=self.args.disable_tqdm or not self.accelerator.is_local_main_process):
+                batch = self.data_collator([dataset[i] for i in rows[start: start + batch_size]])
+                c, r = self.pair_logps(model, {k: v.to(self.args.device) for k, v in batch.items()})[:2]
+                chosen.append(c.float().cpu())
+                rejected.append(r.float().cpu())
+        model.train(was_training)
+        return torch.cat(chosen), torch.cat(rejected)
 
     # ---- loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -28,6 +28,7 @@ from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_utils import TrainOutput
 
 from .. import checkpoint as ckpt
+from .. import distributed
 from ..card import final_metrics, write_model_card
 from ..data.prompts import load_prompts
 from ..data.tokenize import check_tokenizer
@@ -54,6 +55,7 @@ class OnlineTrainer:
             push_folder(None, args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
                         args.hub_token, check_only=True)  # offline: fail now, not after training
         set_seed(args.seed)
+        distributed.start_fsdp_on_cpu()
         # Without CUDA, OnlineConfig sets use_cpu: under `accelerate launch` that is what makes the (already
         # created) accelerate state start gloo across the CPU processes; cpu=True keeps this one on the CPU too.
         self.accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
@@ -92,7 +94,7 @@ class OnlineTrainer:
                                       eps=args.adam_epsilon, weight_decay=args.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.reference is not None:
-            self.reference.to(self.accelerator.device)
+            self.reference.place(self.accelerator)
         max_steps = max_steps or self._max_steps()
         self.lr_scheduler = transformers.get_scheduler(
             args.lr_scheduler_type, self.optimizer, num_warmup_steps=args.get_warmup_steps(max_steps),
@@ -155,7 +157,7 @@ class OnlineTrainer:
         """Sample ``repeats`` consecutive completions for each training prompt row."""
         prompts = self.train_prompts
         rows = [i for i in rows for _ in range(repeats)]
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), distributed.gathered_for_generation(self.model):
             rollout = self.sampler(self.model, [prompts.ids[i] for i in rows], [prompts.values[i] for i in rows],
                                    {c: [v[i] for i in rows] for c, v in prompts.columns.items()}, with_logprobs)
         rollout.truncated_prompts = max(rollout.truncated_prompts, sum(prompts.truncated[i] for i in rows))
@@ -322,10 +324,11 @@ class OnlineTrainer:
             load_prompts(eval_dataset, self.tokenizer, self.args.max_prompt_length, f"{type(self).__name__} eval")
         if prompts is None:
             raise ValueError("evaluate() needs eval_dataset (here or when the trainer was built).")
-        result = evaluate_policy(
-            self.model, self.tokenizer, prompts.values, self.rewards, reference=self.reference, columns=prompts.columns,
-            sampler=self.sampler, seed=self.args.seed + 1, batch_size=self.args.per_device_eval_batch_size,
-            prompt_ids=prompts.ids, trainer_state=self.state)
+        with distributed.gathered_for_generation(self.model):  # the policy's weights gathered once
+            result = evaluate_policy(
+                self.model, self.tokenizer, prompts.values, self.rewards, reference=self.reference, columns=prompts.columns,
+                sampler=self.sampler, seed=self.args.seed + 1, batch_size=self.args.per_device_eval_batch_size,
+                prompt_ids=prompts.ids, trainer_state=self.state)
         metrics = {f"{metric_key_prefix}_{k}": self.gather_mean(torch.tensor(v)) for k, v in result.items()
                    if k != "samples"}
         self.log(dict(metrics))
@@ -338,9 +341,9 @@ class OnlineTrainer:
         state (e.g. PPO's KL controller) and files (ReST's grown data), RNG per process; atomic."""
         name = ckpt.checkpoint_name(self.state.global_step)
         with ckpt.atomic_checkpoint(self.accelerator, self.args.output_dir, name, self.args.save_total_limit) as staging:
+            ckpt.save_training_state(self.accelerator, self.model, self.optimizer, staging,
+                                     sharded=distributed.sharded_checkpoints(self.accelerator))
             if self.accelerator.is_main_process:
-                ckpt.save_trainable(self.accelerator.unwrap_model(self.model), staging)
-                torch.save(self.optimizer.state_dict(), os.path.join(staging, "optimizer.pt"))
                 torch.save(self.lr_scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
                 self.state.save_to_json(os.path.join(staging, transformers.trainer.TRAINER_STATE_NAME))
                 with open(os.path.join(staging, METHOD_STATE_FILE), "w", encoding="utf-8") as fh:
@@ -356,8 +359,7 @@ class OnlineTrainer:
         state_file = os.path.join(path, transformers.trainer.TRAINER_STATE_NAME)
         if not os.path.exists(os.path.join(path, METHOD_STATE_FILE)):
             raise FileNotFoundError(f"{path} is not a checkpoint of an online posttrain trainer (no {METHOD_STATE_FILE}).")
-        ckpt.load_trainable(self.accelerator.unwrap_model(self.model), path)
-        self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
+        ckpt.load_training_state(self.model, self.optimizer, path)
         self.lr_scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
         saved = TrainerState.load_from_json(state_file)
         self.state.global_step, self.state.log_history, self.state.epoch = saved.global_step, saved.log_history, saved.epoch
@@ -368,18 +370,20 @@ class OnlineTrainer:
         return saved["method"]
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """The trained policy (with its value head, or only its adapter for LoRA), tokenizer and model card;
-        pushed to the hub too when ``push_to_hub`` is set."""
+        """The trained policy (with its value head, or only its adapter for LoRA), tokenizer and model card, as
+        a normal ``from_pretrained`` directory (gathered from the shards under FSDP), written atomically
+        (``checkpoint.atomic_save``); pushed to the hub too when ``push_to_hub`` is set."""
         output_dir = output_dir or self.args.output_dir
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
-            model.save_pretrained(output_dir)
-            self.tokenizer.save_pretrained(output_dir)
-            write_model_card(output_dir, base_model=self.base_model_name, method=self.method,
-                             dataset=self.dataset_name, args=self.args, metrics=final_metrics(self.state.log_history),
-                             adapter=peft_trunk(model) is not None)
-        self.accelerator.wait_for_everyone()
+        gathered = distributed.full_state_dict(self.accelerator, self.model) if distributed.is_fsdp(self.accelerator) \
+            else None
+        with ckpt.atomic_save(self.accelerator, output_dir) as staging:
+            if self.accelerator.is_main_process:
+                model = self.accelerator.unwrap_model(self.model)
+                model.save_pretrained(staging, **({"state_dict": gathered} if gathered is not None else {}))
+                self.tokenizer.save_pretrained(staging)
+                write_model_card(staging, base_model=self.base_model_name, method=self.method, dataset=self.dataset_name,
+                                 args=self.args, metrics=final_metrics(self.state.log_history),
+                                 adapter=peft_trunk(model) is not None)
         if self.args.push_to_hub:
             self.push_to_hub()
 
