@@ -3,7 +3,8 @@ processes, FSDP2) or plain python (1 process, twice the per-process batch: the s
 
 ``python fsdp_script.py KINDS OUT_DIR SCALE [MAX_STEPS] [SAVE_STEPS] [RESUME]`` trains each kind (sft, dpo,
 dpo_adapter, dpo_precomputed, reward, kto, grpo, rloo, ppo) for MAX_STEPS steps (default 3) with a
-per-process batch of SCALE x the base size, and rank 0 writes ``OUT_DIR/<kind>.json``: the logged losses,
+per-process batch of SCALE x the base size (checkpoints every SAVE_STEPS; RESUME: a checkpoint path to resume
+from, ``{kind}`` standing for the kind), and rank 0 writes ``OUT_DIR/<kind>.json``: the logged losses,
 what each process holds (parameter, optimizer-state and reference elements, against the model's total),
 the final weights' checksum, and for the online kinds whether sampling under FSDP2 matched the unsharded
 model and how many all-gathers one rollout batch cost.
@@ -33,7 +34,7 @@ from posttrain.rollout.sampling import SamplingConfig
 kinds, out_dir, scale = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
 max_steps = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 save_steps = int(sys.argv[5]) if len(sys.argv) > 5 else 0
-resume = sys.argv[6] if len(sys.argv) > 6 else None
+resume = sys.argv[6] if len(sys.argv) > 6 else None  # a checkpoint path, "{kind}" standing for the kind
 rank = int(os.environ.get("RANK", 0))
 MODEL = os.environ.get("FSDP_TEST_MODEL", "tiny:llama")
 
@@ -193,7 +194,7 @@ for kind in kinds:
         trainer.sampler = ScriptedSampler(trainer.tokenizer)
     else:
         raise SystemExit(f"unknown kind {kind}")
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume.format(kind=kind) if resume else None)
     model = trainer.model
     reference = getattr(trainer, "ref_model", None) or getattr(getattr(trainer, "reference", None), "model", None)
     result = {"losses": losses.losses, "world_size": int(os.environ.get("WORLD_SIZE", 1)),

@@ -3,48 +3,21 @@ same global batch; GRPO splits the prompts across processes and logs rewards gat
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from launch_helpers import ENV, launch_two
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_sft_script.py")
 GRPO_SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_grpo_script.py")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:  # a fixed port can still be held by the previous run (TIME_WAIT)
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_two(script: str, *args: str):
-    """``accelerate launch`` two CPU processes; retries the rare gloo start-up abort."""
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    # --multi_gpu selects the torchrun launcher; with no GPU, accelerate runs the processes on CPU with gloo.
-    def launch():
-        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), script,
-               *args]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-    # torch 2.13's gloo process group now and then aborts both ranks at start-up ("terminate called
-    # without an active exception", SIGABRT, before any training step); that is not what these tests
-    # check, so a launch that dies that way is retried, at most twice.
-    for _ in range(3):
-        done = launch()
-        if done.returncode == 0 or "terminate called without an active exception" not in done.stderr:
-            break
-    assert done.returncode == 0, done.stderr[-3000:]
-    return env
-
-
 def test_two_processes_match_one(tmp_path):
-    env = launch_two(SCRIPT, str(tmp_path / "ddp"), "4", str(tmp_path / "ddp.json"))
+    launch_two(SCRIPT, str(tmp_path / "ddp"), "4", str(tmp_path / "ddp.json"))
     single = subprocess.run([sys.executable, SCRIPT, str(tmp_path / "one"), "8", str(tmp_path / "one.json")],
-                            env=env, capture_output=True, text=True, timeout=300)
+                            env=ENV, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     ddp, one = (json.loads((tmp_path / f).read_text()) for f in ("ddp.json", "one.json"))
     assert ddp["world_size"] == 2 and one["world_size"] == 1
