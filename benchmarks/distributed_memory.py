@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import os
 import socket
@@ -58,12 +59,11 @@ def _status_kib(field: str) -> int:
 
 
 class Rss:
-    """Peak RSS over phases. ``reset()`` starts a new kernel high-water mark (folding the old one into the
-    running maxima), so a phase can be measured inside another: ``mark()`` starts the outer one."""
+    """Peak RSS per phase of the run. ``enter(name)`` ends the current phase (its peak: the kernel's high-water
+    mark since the phase began) and starts a new high-water mark for the next."""
 
     def __init__(self):
-        self.process = 0.0  # since the process started
-        self.outer = 0.0  # since the last mark()
+        self.phase, self.peaks = "setup", {}
 
     @staticmethod
     def now_mib() -> float:
@@ -73,21 +73,22 @@ class Rss:
     def hwm_mib() -> float:
         return _status_kib("VmHWM") / 1024
 
-    def reset(self) -> None:
-        hwm = self.hwm_mib()
-        self.process, self.outer = max(self.process, hwm), max(self.outer, hwm)
-        with open("/proc/self/clear_refs", "w") as fh:
+    def enter(self, name: str, trim: bool = False) -> float:
+        """Start phase ``name``; returns the peak of the phase that ended. ``trim``: first return freed memory
+        to the OS, so the new phase starts from what is really held."""
+        ended = self.hwm_mib()
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), ended)
+        if trim:
+            gc.collect()
+            _trim()
+        with open("/proc/self/clear_refs", "w") as fh:  # VmHWM := VmRSS
             fh.write("5")
+        self.phase = name
+        return ended
 
-    def mark(self) -> None:
-        self.reset()
-        self.outer = 0.0
-
-    def since_mark_mib(self) -> float:
-        return max(self.outer, self.hwm_mib())
-
-    def process_mib(self) -> float:
-        return max(self.process, self.hwm_mib())
+    def finish(self) -> dict:
+        self.enter("done")
+        return self.peaks
 
 
 def _trim() -> None:
@@ -107,8 +108,6 @@ def _bytes(tensors) -> int:
 
 
 def worker(trainer_kind: str, strategy: str, out_dir: str) -> None:
-    import gc
-
     import torch
     from transformers import TrainerCallback
 
@@ -122,19 +121,24 @@ def worker(trainer_kind: str, strategy: str, out_dir: str) -> None:
     train_begin = {}
 
     class Measure(TrainerCallback):
-        """The RSS baseline once the trainer is set up (the model wrapped and sharded: the transformers Trainer
-        does that inside ``train()``, before ``on_train_begin``); gradient bytes after the backward, before
-        the optimizer step (and zero_grad)."""
+        """Phases of the run for the RSS peaks (the transformers Trainer wraps and shards the model inside
+        ``train()``, before ``on_train_begin``; GRPO in its constructor), and the gradient bytes after the
+        backward, before the optimizer step (and zero_grad)."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            gc.collect()
-            _trim()
+            rss.enter("between", trim=True)
             train_begin["rss"] = rss.now_mib()
-            rss.mark()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            rss.enter("forward_backward")
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             grads["bytes"] = max(grads["bytes"], _bytes(p.grad for p in model.parameters()))
             grads["steps"] += 1
+            rss.enter("optimizer")
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            rss.enter("between")
 
     callback = Measure()
     common = dict(output_dir=os.path.join(out_dir, f"{trainer_kind}-{strategy}"), learning_rate=1e-4,
@@ -153,26 +157,23 @@ def worker(trainer_kind: str, strategy: str, out_dir: str) -> None:
         trainer = posttrain.GRPOTrainer(MODEL, distinct_characters, args=args,
                                         train_dataset=toy.arithmetic_problems(64, seed=0), callbacks=[callback])
 
-    generation = {"peak": 0.0, "start": 0.0, "calls": 0}
+    generation = []  # (RSS at its start, its peak) per rollout batch
     if trainer_kind == "grpo":
         sample = trainer.sample
 
         def measured_sample(*a, **kw):
-            _trim()
-            rss.reset()
+            rss.enter("generation", trim=True)
             start = rss.now_mib()
             try:
                 return sample(*a, **kw)
             finally:
-                peak = rss.hwm_mib()
-                if peak > generation["peak"]:
-                    generation.update(peak=peak, start=start)
-                generation["calls"] += 1
+                generation.append((start, rss.enter("between")))
 
         trainer.sample = measured_sample
 
     trainer.train()
-    peak_steps = rss.since_mark_mib()
+    peaks = rss.finish()
+    highest = max(generation, key=lambda g: g[1]) if generation else (None, None)
     model = trainer.model
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     optim_bytes = _bytes(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
@@ -189,11 +190,11 @@ def worker(trainer_kind: str, strategy: str, out_dir: str) -> None:
         "optim_bytes": optim_bytes,
         "ref_bytes": _bytes(reference.parameters()) if reference is not None else 0,
         "rss_train_begin_mib": train_begin["rss"],
-        "peak_rss_train_mib": peak_steps,
-        "peak_rss_process_mib": rss.process_mib(),
-        "generation_peak_rss_mib": generation["peak"] if generation["calls"] else None,
-        "generation_start_rss_mib": generation["start"] if generation["calls"] else None,
-        "generation_calls": generation["calls"],
+        "peak_rss_train_mib": max(v for k, v in peaks.items() if k != "setup"),
+        "peak_rss_process_mib": max(peaks.values()),
+        "phase_peaks_mib": peaks,
+        "generation_peak_rss_mib": highest[1], "generation_start_rss_mib": highest[0],
+        "generation_calls": len(generation),
         "steps": trainer.state.global_step,
     }
     with open(os.path.join(out_dir, f"{trainer_kind}-{strategy}-rank{rank}.json"), "w") as fh:

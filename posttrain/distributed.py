@@ -83,7 +83,7 @@ def gathered_for_generation(model: torch.nn.Module):
     collective runs per token, so processes may decode different numbers of tokens. Unsharded models pass
     through unchanged."""
     modules = fsdp_modules(model)
-    if not modules:
+    if not modules or getattr(model, "_posttrain_gathered", False):  # unsharded, or gathered by an outer call
         yield model
         return
     # The post-forward reshard setting of each FSDP2 group, restored exactly after (FSDP2 has no getter).
@@ -93,8 +93,10 @@ def gathered_for_generation(model: torch.nn.Module):
     try:
         for module in modules:
             module.unshard()
+        model._posttrain_gathered = True
         yield model
     finally:
+        model._posttrain_gathered = False
         for module in modules:
             module.reshard()
         for state, auto, groups in saved:

@@ -2,7 +2,8 @@
 processes, FSDP2) or plain python (1 process, twice the per-process batch: the same global batch).
 
 ``python fsdp_script.py KINDS OUT_DIR SCALE [MAX_STEPS] [SAVE_STEPS] [RESUME]`` trains each kind (sft, dpo,
-dpo_adapter, dpo_precomputed, reward, kto, grpo, rloo, ppo) for MAX_STEPS steps (default 3) with a
+dpo_adapter, dpo_precomputed, reward, kto, grpo, rloo, ppo, rest,
+env: GRPO in a TextEnvironment) for MAX_STEPS steps (default 3) with a
 per-process batch of SCALE x the base size (checkpoints every SAVE_STEPS; RESUME: a checkpoint path to resume
 from, ``{kind}`` standing for the kind), and rank 0 writes ``OUT_DIR/<kind>.json``: the logged losses,
 what each process holds (parameter, optimizer-state and reference elements, against the model's total),
@@ -45,6 +46,7 @@ class ScriptedSampler:
 
     def __init__(self, tokenizer, width: int = 6):
         self.tokenizer, self.width = tokenizer, width
+        self.sampling = SamplingConfig(max_new_tokens=width, temperature=1.0)
 
     def __call__(self, model, prompt_ids, prompts=None, columns=None, with_logprobs=True):
         seen, rows = collections.Counter(), []
@@ -64,6 +66,26 @@ class ScriptedSampler:
             with torch.no_grad():
                 rollout.logprobs = forward_completion(model, rollout)[0]
         return rollout
+
+
+class UsesTheCalculator:
+    """A TextEnvironment backend for toy.tool_problems: first a calculator call on the prompt's product, then the
+    result, followed by k exclamation marks for the k-th sample of a prompt (so a group's rewards differ)."""
+
+    def generate(self, model, prompt_ids, prompt_attention, sampling, tokenizer):
+        rows, seen = [], collections.Counter()
+        for ids, att in zip(prompt_ids, prompt_attention):
+            text = tokenizer.decode(ids[att.bool()].tolist())
+            if "<result>" in text:
+                key = text[: text.index("=")]
+                reply = text[text.rfind("<result>") + 8: text.rfind("</result>")] + "!" * seen[key]
+                seen[key] += 1
+            else:
+                reply = "<call>calculator(" + text[: text.index("=")] + ")</call>"
+            out = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append(out[: sampling.max_new_tokens])
+        width = max(map(len, rows))
+        return torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
 
 
 def variety(completions, **kwargs):
@@ -99,14 +121,17 @@ class Losses(TrainerCallback):
         self.losses = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses.append(logs["loss"])
+        key = "nll" if args.__class__.__name__ == "ReSTConfig" else "loss"  # ReST logs its Improve steps' NLL
+        if logs and key in logs:
+            self.losses.append(logs[key])
 
 
 def common(config_class, **extra):
     defaults = dict(output_dir=os.path.join(out_dir, kind), max_steps=max_steps, learning_rate=1e-3,
                     logging_steps=1, disable_tqdm=True, seed=0, lr_scheduler_type="constant", report_to="none",
                     save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500)
+    if config_class is posttrain.ReSTConfig:  # its length is grow_steps x (1 + improve_steps)
+        del defaults["max_steps"], defaults["lr_scheduler_type"]
     return config_class(**{**defaults, **extra})
 
 
@@ -192,6 +217,22 @@ for kind in kinds:
         trainer = posttrain.PPOTrainer(MODEL, variety, args=args, train_dataset=toy.arithmetic_problems(64, seed=0),
                                        callbacks=[losses])
         trainer.sampler = ScriptedSampler(trainer.tokenizer)
+    elif kind == "env":  # GRPO on TextEnvironment rollouts (a calculator call, its result, the answer)
+        from posttrain import TextEnvironment
+        from posttrain.tools.calculator import calculator
+
+        env = TextEnvironment([calculator], header="", max_turns=2, max_tokens=48)
+        env.backend = UsesTheCalculator()
+        args = common(posttrain.GRPOConfig, per_device_train_batch_size=4 * scale, num_generations=2,
+                      max_completion_length=24, beta=0.1, reference="copy")
+        trainer = posttrain.GRPOTrainer(MODEL, variety, args=args, train_dataset=toy.tool_problems(32, seed=0),
+                                        rollout_source=env, callbacks=[losses])
+    elif kind == "rest":  # one Grow step, then two Improve steps
+        args = common(posttrain.ReSTConfig, per_device_train_batch_size=4 * scale, max_completion_length=6,
+                      num_generations=2, grow_steps=1, improve_steps=2, threshold_quantiles=[0.2, 0.5])
+        trainer = posttrain.ReSTTrainer(MODEL, variety, args=args, train_dataset=toy.arithmetic_problems(16, seed=0),
+                                        callbacks=[losses])
+        trainer.sampler = ScriptedSampler(trainer.tokenizer)
     else:
         raise SystemExit(f"unknown kind {kind}")
     trainer.train(resume_from_checkpoint=resume.format(kind=kind) if resume else None)
@@ -204,6 +245,9 @@ for kind in kinds:
         result["precomputed_rows"] = trainer.precomputed_rows
         result["precomputed_total"] = len(trainer.train_dataset)
     trainer.save_model(os.path.join(out_dir, f"{kind}-final"))
+    if kind == "env":  # tool output inside the completions, excluded from the loss
+        rollout = trainer.sample(trainer.next_prompts(), repeats=2)
+        result["tool_tokens"] = int((rollout.completion_attention - rollout.completion_mask).sum())
     if kind in ("grpo", "ppo") and distributed.is_fsdp(trainer.accelerator):
         sampling = sampling_check(trainer, os.path.join(out_dir, f"{kind}-final"))
         result["sampling"] = sampling

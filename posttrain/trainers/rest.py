@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from accelerate.utils import gather_object
+
+from .. import distributed
 from ..eval.policy import evaluate_policy
 from ..losses.logprobs import forward_completion
 from ..losses.rl import aggregate
@@ -77,8 +80,6 @@ class ReSTTrainer(OnlineTrainer):
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
                          peft_config=peft_config, rollout_source=rollout_source,
                          max_steps=args.grow_steps * (1 + args.improve_steps))
-        if self.accelerator.num_processes > 1:
-            raise ValueError("ReSTTrainer runs in one process (each would grow and filter its own data).")
 
     def train(self, resume_from_checkpoint=None):
         method_state = self.begin_training(resume_from_checkpoint)
@@ -118,29 +119,37 @@ class ReSTTrainer(OnlineTrainer):
 
     # ---- Grow -------------------------------------------------------------------------------------
     def grow(self, g: int) -> list[dict]:
-        """Sample and score ``num_generations`` completions for every prompt; written to disk."""
-        samples, n, k = [], len(self.train_prompts.values), self.args.num_generations
+        """Sample and score ``num_generations`` completions for every prompt (each process its share of the
+        prompts, with the weights gathered once under FSDP); every process gets all samples, in prompt
+        order; written to disk."""
+        n, k = len(self.train_prompts.values), self.args.num_generations
         per_batch = max(1, self.args.completions_per_process() // k)
         self.model.eval()
-        for start in range(0, n, per_batch):
-            indices = list(range(start, min(start + per_batch, n)))
-            rollout = self.sample(indices, repeats=k, with_logprobs=False)
-            rewards = self.score(rollout).rewards.tolist()
-            texts = self.tokenizer.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
-            for j, (index, reward) in enumerate(zip([i for i in indices for _ in range(k)], rewards)):
-                keep = rollout.completion_attention[j].bool()
-                samples.append({"prompt_index": index, "prompt": self.train_prompts.values[index],
-                                "completion": texts[j],
-                                "prompt_ids": rollout.prompt_ids[j][rollout.prompt_attention[j].bool()].tolist(),
-                                "completion_ids": rollout.completion_ids[j][keep].tolist(),
-                                "completion_mask": rollout.completion_mask[j][keep].tolist(),
-                                "reward": None if math.isnan(reward) else reward})
+        local = []
+        with self.accelerator.split_between_processes(list(range(n))) as mine, \
+                distributed.gathered_for_generation(self.model):
+            for start in range(0, len(mine), per_batch):
+                indices = mine[start: start + per_batch]
+                rollout = self.sample(indices, repeats=k, with_logprobs=False)
+                rewards = self.score(rollout).rewards.tolist()
+                texts = self.tokenizer.batch_decode(rollout.completion_lists(), skip_special_tokens=True)
+                for j, (index, reward) in enumerate(zip([i for i in indices for _ in range(k)], rewards)):
+                    keep = rollout.completion_attention[j].bool()
+                    local.append({"prompt_index": index, "prompt": self.train_prompts.values[index],
+                                  "completion": texts[j],
+                                  "prompt_ids": rollout.prompt_ids[j][rollout.prompt_attention[j].bool()].tolist(),
+                                  "completion_ids": rollout.completion_ids[j][keep].tolist(),
+                                  "completion_mask": rollout.completion_mask[j][keep].tolist(),
+                                  "reward": None if math.isnan(reward) else reward})
         self.model.train()
+        samples = gather_object(local) if self.accelerator.num_processes > 1 else local  # rank order = prompt order
         path = self._grow_path(g)
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(s) + "\n" for s in samples)
-        os.replace(path + ".tmp", path)
+        if self.accelerator.is_main_process:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(s) + "\n" for s in samples)
+            os.replace(path + ".tmp", path)
+        self.accelerator.wait_for_everyone()
         return samples
 
     def _grow_path(self, g: int) -> str:
@@ -172,33 +181,42 @@ class ReSTTrainer(OnlineTrainer):
             raise ValueError("reward_weighted needs rewards >= 0; shift or clip the reward, or turn it off.")
         weights = rewards / rewards.mean().clamp(min=1e-8) if self.args.reward_weighted else torch.ones_like(rewards)
         losses = []
-        micro = self.args.per_device_train_batch_size
+        micro, processes = self.args.per_device_train_batch_size, self.accelerator.num_processes
         generator = torch.Generator().manual_seed(self.args.seed * 100003 + self.state.global_step)
         for _ in range(self.args.num_iterations):
             order = torch.randperm(len(kept), generator=generator)
-            window = micro * self.args.gradient_accumulation_steps
+            window = micro * self.args.gradient_accumulation_steps * processes  # every process's rows of a step
             for start in range(0, len(kept), window):
                 rows_in_window = order[start: start + window]
-                tokens = batch.completion_mask[rows_in_window].sum().clamp(min=1)
-                parts = rows_in_window.split(micro)
-                window_nll = 0.0  # each micro-batch's nll is its share of the window's token mean
+                # DDP and FSDP average the processes' gradients: each normalises by the window's tokens / processes
+                tokens = batch.completion_mask[rows_in_window].sum().clamp(min=1) / processes
+                mine = rows_in_window.tensor_split(processes)[self.accelerator.process_index]
+                # the same number of micro-batches on every process (forwards and backwards run in lockstep);
+                # a process left without rows runs one row with weight 0
+                parts = list(mine.split(micro))
+                parts += [mine[:0]] * (math.ceil(len(rows_in_window) / (micro * processes)) - len(parts))
+                window_nll = torch.zeros((), device=device)  # each micro-batch's nll: its share of the token mean
                 for j, rows in enumerate(parts):
+                    scale = 1.0 if len(rows) else 0.0
+                    rows = rows if len(rows) else rows_in_window[:1]
                     with self.accumulating(j == len(parts) - 1), self.accelerator.autocast():
                         mb = batch.select(rows)
                         logps, _ = forward_completion(self.model, mb, 1.0)
                         nll = aggregate(-logps * weights[rows][:, None], mb.completion_mask, "dapo", num_items=tokens)
-                        self.accelerator.backward(nll)
-                    window_nll += float(nll.detach())
-                losses.append(window_nll * len(rows_in_window))
+                        self.accelerator.backward(nll * scale)
+                    window_nll += nll.detach() * scale
+                window_nll = self.accelerator.reduce(window_nll, reduction="sum") / processes
+                losses.append(float(window_nll) * len(rows_in_window))
                 self.apply_gradients(schedule=False)
         return {"nll": sum(losses) / (len(kept) * self.args.num_iterations)}
 
     def mean_reward(self) -> float:
         """The policy's mean reward on the evaluation prompts (the training prompts if none were given)."""
         prompts = self.eval_prompts or self.train_prompts
-        result = evaluate_policy(self.model, self.tokenizer, prompts.values, self.rewards, columns=prompts.columns,
-                                 sampler=self.sampler, prompt_ids=prompts.ids, seed=self.args.seed + 1,
-                                 batch_size=self.args.per_device_eval_batch_size, trainer_state=self.state)
+        with distributed.gathered_for_generation(self.model):
+            result = evaluate_policy(self.model, self.tokenizer, prompts.values, self.rewards, columns=prompts.columns,
+                                     sampler=self.sampler, prompt_ids=prompts.ids, seed=self.args.seed + 1,
+                                     batch_size=self.args.per_device_eval_batch_size, trainer_state=self.state)
         return result["reward"]
 
     def table(self) -> str:
