@@ -110,3 +110,28 @@ def test_fsdp2_run_killed_while_saving_resumes_from_a_complete_checkpoint(tmp_pa
             assert os.path.exists(os.path.join(path, "method_state.json")) and os.path.isdir(os.path.join(path, "sharded"))
         launch_two(SCRIPT, "grpo", str(out), "1", "6", "1", "last", config=FSDP2_CONFIG)  # the newest checkpoint
         assert results(out, "grpo")["checksum"] == pytest.approx(expected, rel=1e-9), (trial, left)
+
+
+def test_readme_one_node_fsdp2_command_runs_as_written(tmp_path):
+    """The README's one-node FSDP2 command, verbatim, from a directory laid out like the checkout."""
+    import re
+
+    from launch_helpers import ROOT, free_port
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index("## Many GPUs and many nodes"):]
+    command = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    assert command.startswith(".venv/bin/accelerate launch --config_file examples/accelerate/fsdp2.yaml")
+    os.symlink(os.path.join(ROOT, "examples"), tmp_path / "examples")
+    os.symlink(os.path.dirname(os.path.dirname(sys.executable)), tmp_path / ".venv")
+    env = dict(ENV, PET_MASTER_PORT=str(free_port()))  # torchrun's port (the README leaves the default)
+    done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "runs" / "fsdp2-sft"
+    assert "posttrain sft: saved to" in done.stdout + done.stderr
+    for step in (2, 4):  # sharded checkpoints: one file per process
+        assert len(glob.glob(str(out / f"checkpoint-{step}" / "pytorch_model_fsdp_0" / "*.distcp"))) == 2
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0  # the final model: full, loadable
+    assert not (out / ".staging").exists()
