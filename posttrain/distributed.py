@@ -48,6 +48,52 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def deepspeed_requested() -> bool:
+    """Whether ``accelerate launch`` was given a DeepSpeed config (it exports ``ACCELERATE_USE_DEEPSPEED``)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def is_deepspeed(accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def _frozen_deepspeed_config(accelerator, model: torch.nn.Module) -> dict:
+    """The policy's DeepSpeed config for a frozen model with no optimizer, as TRL's ``prepare_deepspeed``: the
+    optimizer, scheduler and optimizer offload removed, ZeRO-3 kept (the frozen model is partitioned like the
+    policy) and any lower stage turned to 0 (a full copy per process), ``auto`` values resolved or dropped."""
+    import copy
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    zero = config.setdefault("zero_optimization", {})
+    zero.pop("offload_optimizer", None)
+    stage = int(zero.get("stage", 0))
+    if stage != 3:
+        zero["stage"] = 0
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if stage == 3 and hidden:  # what accelerate fills in for the policy
+        sizes = {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+                 "stage3_param_persistence_threshold": 10 * hidden}
+        for key, value in sizes.items():
+            if zero.get(key) == "auto":
+                zero[key] = value
+    micro = config.get("train_micro_batch_size_per_gpu")
+    config["train_micro_batch_size_per_gpu"] = micro if isinstance(micro, int) else 1
+    config["gradient_accumulation_steps"] = 1
+    config.pop("train_batch_size", None)  # DeepSpeed derives it
+
+    def drop_auto(node):
+        for key in [k for k, v in node.items() if v == "auto"]:
+            del node[key]
+        for value in node.values():
+            if isinstance(value, dict):
+                drop_auto(value)
+
+    drop_auto(config)
+    return config
+
+
 def sharded_checkpoints(accelerator) -> bool:
     """Whether checkpoints hold each process's shards (FSDP with ``fsdp_state_dict_type: SHARDED_STATE_DICT``)
     rather than the gathered state (FULL_STATE_DICT, and every unsharded run)."""
@@ -56,8 +102,15 @@ def sharded_checkpoints(accelerator) -> bool:
 
 def shard_frozen(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """A frozen model (a reference copy, a reward model) placed like the policy: sharded with the same
-    FSDP2 wrapping under FSDP, else moved to the device. Its forwards run in lockstep on every process."""
+    FSDP2 wrapping under FSDP, partitioned by a DeepSpeed inference engine under ZeRO-3 (a full copy per
+    process under ZeRO-1/2, as TRL), else moved to the device. Its forwards run in lockstep on every process."""
     model.eval().requires_grad_(False)
+    if is_deepspeed(accelerator):
+        import deepspeed
+
+        engine, *_ = deepspeed.initialize(model=model, config=_frozen_deepspeed_config(accelerator, model))
+        engine.eval()
+        return engine
     if is_fsdp(accelerator) and accelerator.is_fsdp2:
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
@@ -106,8 +159,10 @@ def gathered_for_generation(model: torch.nn.Module):
 
 
 def local_numel(model: torch.nn.Module) -> int:
-    """Parameter elements this process holds (its shards under FSDP2; everything otherwise)."""
-    return sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+    """Parameter elements this process holds (its shards under FSDP2 or its partitions under ZeRO-3;
+    everything otherwise)."""
+    return sum(p.ds_tensor.numel() if getattr(p, "ds_tensor", None) is not None else
+               (p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
 
 
 def full_state_dict(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:

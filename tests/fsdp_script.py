@@ -129,7 +129,8 @@ class Losses(TrainerCallback):
 def common(config_class, **extra):
     defaults = dict(output_dir=os.path.join(out_dir, kind), max_steps=max_steps, learning_rate=1e-3,
                     logging_steps=1, disable_tqdm=True, seed=0, lr_scheduler_type="constant", report_to="none",
-                    save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500)
+                    save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+                    bf16=os.environ.get("FSDP_TEST_BF16") == "1")  # fp32 unless asked: exact comparisons on a GPU too
     if config_class is posttrain.ReSTConfig:  # its length is grow_steps x (1 + improve_steps)
         del defaults["max_steps"], defaults["lr_scheduler_type"]
     return config_class(**{**defaults, **extra})
@@ -157,6 +158,11 @@ def sampling_check(trainer, saved_dir):
             return originals[name](*args, **kwargs)
         return call
 
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else 0
     torch.manual_seed(1234)
     for name in names:  # FSDP2 all-gathers through these
         setattr(torch.distributed, name, counting(name))
@@ -166,16 +172,18 @@ def sampling_check(trainer, saved_dir):
         for name, fn in originals.items():
             setattr(torch.distributed, name, fn)
         trainer.sampler = real
+    memory = {"cuda_before_mib": before / 2**20, "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+              "cuda_after_mib": torch.cuda.memory_allocated() / 2**20} if cuda else {}
     plain = load_model(saved_dir, "causal-lm", seed=0)  # the trained weights, as saved
     from posttrain.models.loading import disable_dropout
 
     disable_dropout(plain)
     torch.manual_seed(1234)
-    unsharded = sampler(plain, [prompts.ids[i] for i in rows for _ in range(2)])
+    unsharded = sampler(plain.to(sharded.completion_ids.device), [prompts.ids[i] for i in rows for _ in range(2)])
     return {"same_completions": torch.equal(sharded.completion_ids, unsharded.completion_ids),
             "same_logprobs": bool(torch.allclose(sharded.logprobs, unsharded.logprobs, atol=1e-5)),
             "tokens": int(sharded.completion_attention.sum()), "all_gathers": calls[0],
-            "fsdp_modules": len(distributed.fsdp_modules(trainer.model))}
+            "fsdp_modules": len(distributed.fsdp_modules(trainer.model)), **memory}
 
 
 results = {}

@@ -104,6 +104,9 @@ def test_fsdp2_run_killed_while_saving_resumes_from_a_complete_checkpoint(tmp_pa
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         left = sorted(glob.glob(str(out / "grpo" / "checkpoint-*")))
+        staged = sorted(os.path.basename(p) for p in glob.glob(str(out / "grpo" / ".staging" / "*")))
+        print(f"trial {trial}: killed with checkpoints {[os.path.basename(p) for p in left]} complete, "
+              f"{staged or 'none'} half-written in .staging")
         if not left:  # killed before the first checkpoint completed: nothing to resume
             continue
         for path in left:  # every checkpoint that exists is complete

@@ -181,7 +181,7 @@ class DPOTrainer(PostTrainer):
             self.ref_model = ref_model if ref_model is not None else ref.frozen_copy(self.model)
             self.ref_model.requires_grad_(False)
             self.ref_model = distributed.shard_frozen(self.accelerator, self.ref_model) \
-                if distributed.is_fsdp(self.accelerator) else \
+                if distributed.is_fsdp(self.accelerator) or distributed.is_deepspeed(self.accelerator) else \
                 self.accelerator.prepare_model(self.ref_model.eval(), evaluation_mode=True)
         elif self.reference_strategy == "precomputed":
             reference_model = ref_model if ref_model is not None else self.accelerator.unwrap_model(self.model)
