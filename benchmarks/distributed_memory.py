@@ -26,7 +26,7 @@ RSS is the whole process: the Python interpreter, torch, transformers, the data,
 slack, not only the tensors, so it falls by much less than the tensor bytes. The four runs are made twice: with
 glibc malloc as it comes, and with ``MALLOC_MMAP_THRESHOLD_=131072`` (every tensor of 128 KiB or more its own
 mapping, given back when freed), under which RSS follows the live tensors; with the default, freed heap pages
-stay resident and hide most of what sharding saves.
+stay resident and (here) hide most of what sharding saves.
 
 The table (markdown, with the command at the top) goes to ``benchmarks/distributed_memory.md`` (``--output``).
 """

@@ -2,7 +2,7 @@
 processes, FSDP2) or plain python (1 process, twice the per-process batch: the same global batch).
 
 ``python fsdp_script.py KINDS OUT_DIR SCALE [MAX_STEPS] [SAVE_STEPS] [RESUME]`` trains each kind (sft, dpo,
-dpo_adapter, dpo_precomputed, reward, kto, grpo, rloo, ppo, rest,
+dpo_adapter, dpo_precomputed, reward, kto, grpo, grpo_adapter, rloo, ppo, rest,
 env: GRPO in a TextEnvironment) for MAX_STEPS steps (default 3) with a
 per-process batch of SCALE x the base size (checkpoints every SAVE_STEPS; RESUME: a checkpoint path to resume
 from, ``{kind}`` standing for the kind), and rank 0 writes ``OUT_DIR/<kind>.json``: the logged losses,
@@ -211,13 +211,14 @@ for kind in kinds:
                 for r in toy.preference_pairs(32, seed=1) for side in ("chosen", "rejected")]
         trainer = posttrain.KTOTrainer(MODEL, args=common(posttrain.KTOConfig, per_device_train_batch_size=4 * scale,
                                                           max_length=64), train_dataset=rows, callbacks=[losses])
-    elif kind in ("grpo", "rloo"):
-        config = posttrain.GRPOConfig if kind == "grpo" else posttrain.RLOOConfig
+    elif kind in ("grpo", "rloo", "grpo_adapter"):
+        config = posttrain.RLOOConfig if kind == "rloo" else posttrain.GRPOConfig
+        adapter = kind == "grpo_adapter"  # LoRA policy, the reference is its adapter switched off
         args = common(config, per_device_train_batch_size=8 * scale, num_generations=4, max_completion_length=6,
-                      beta=0.1, reference="copy")
-        trainer_class = posttrain.GRPOTrainer if kind == "grpo" else posttrain.RLOOTrainer
+                      beta=0.1, reference="adapter" if adapter else "copy")
+        trainer_class = posttrain.RLOOTrainer if kind == "rloo" else posttrain.GRPOTrainer
         trainer = trainer_class(MODEL, variety, args=args, train_dataset=toy.arithmetic_problems(64, seed=0),
-                                callbacks=[losses])
+                                peft_config=lora() if adapter else None, callbacks=[losses])
         trainer.sampler = ScriptedSampler(trainer.tokenizer)
     elif kind == "ppo":
         args = common(posttrain.PPOConfig, per_device_train_batch_size=4 * scale, max_completion_length=6,

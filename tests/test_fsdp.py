@@ -18,7 +18,8 @@ import pytest
 from launch_helpers import ENV, FSDP2_CONFIG, accelerate_command, launch_two
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "fsdp_script.py")
-KINDS = ["sft", "dpo", "dpo_adapter", "dpo_precomputed", "reward", "kto", "grpo", "rloo", "ppo", "rest", "env"]
+KINDS = ["sft", "dpo", "dpo_adapter", "dpo_precomputed", "reward", "kto", "grpo", "grpo_adapter", "rloo", "ppo", "rest",
+         "env"]
 
 
 def run_single(*args):

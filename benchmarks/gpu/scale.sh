@@ -30,7 +30,7 @@ cat "$OUT/env.log" | tail -2 | tee -a "$SUMMARY"
 note "env done"
 
 # ---- 1. FSDP2 on the GPU through accelerate (1 process) vs no FSDP ------------------------------------------------
-KINDS=${KINDS:-sft,dpo,dpo_adapter,dpo_precomputed,reward,kto,grpo,rloo,ppo,rest,env}
+KINDS=${KINDS:-sft,dpo,dpo_adapter,dpo_precomputed,reward,kto,grpo,grpo_adapter,rloo,ppo,rest,env}
 for precision in fp32 bf16; do
   export FSDP_TEST_BF16=$([ $precision = bf16 ] && echo 1 || echo 0)
   timeout "${FSDP_TIMEOUT:-150}" $PY -m accelerate.commands.launch --config_file examples/accelerate/fsdp2.yaml \
