@@ -88,8 +88,9 @@ def test_fsdp2_resume_equals_uninterrupted(tmp_path, state_dict_type):
 
 
 def test_fsdp2_run_killed_while_saving_resumes_from_a_complete_checkpoint(tmp_path):
-    """SIGKILL of the whole launch at random moments of a run that saves every step: what is left never holds
-    a checkpoint that resume picks up but cannot load, and resuming reaches the uninterrupted weights."""
+    """SIGKILL of the whole launch while a random checkpoint is being written (a run that saves every step): what
+    is left never holds a checkpoint that resume picks up but cannot load, and resuming reaches the
+    uninterrupted weights. One trial by default; POSTTRAIN_KILL_TRIALS=10 for more."""
     launch_two(SCRIPT, "grpo", str(tmp_path / "full"), "1", "6", "1", config=FSDP2_CONFIG)
     expected = results(tmp_path / "full", "grpo")["checksum"]
     trials = int(os.environ.get("POSTTRAIN_KILL_TRIALS", "1"))
@@ -98,15 +99,18 @@ def test_fsdp2_run_killed_while_saving_resumes_from_a_complete_checkpoint(tmp_pa
         out = tmp_path / f"kill{trial}"
         process = subprocess.Popen(accelerate_command(SCRIPT, "grpo", str(out), "1", "6", "1", config=FSDP2_CONFIG),
                                    env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # kill while checkpoint-<target> is being written: its staging directory exists, a few ms in
+        target = rng.randint(2, 5)
+        staging = out / "grpo" / ".staging" / f"checkpoint-{target}"
         deadline = time.time() + 120
-        while not glob.glob(str(out / "grpo" / "checkpoint-*")) and time.time() < deadline and process.poll() is None:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0, 1.5))  # somewhere in the run's later saves
+        while not staging.exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.03))
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         left = sorted(glob.glob(str(out / "grpo" / "checkpoint-*")))
         staged = sorted(os.path.basename(p) for p in glob.glob(str(out / "grpo" / ".staging" / "*")))
-        print(f"trial {trial}: killed with checkpoints {[os.path.basename(p) for p in left]} complete, "
+        print(f"trial {trial}: killed saving checkpoint-{target}; left checkpoints {[os.path.basename(p) for p in left]} complete, "
               f"{staged or 'none'} half-written in .staging")
         if not left:  # killed before the first checkpoint completed: nothing to resume
             continue
