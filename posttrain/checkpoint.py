@@ -6,7 +6,8 @@ writing, so a run killed mid-save never leaves a ``checkpoint-<step>`` that resu
 (``get_last_checkpoint`` ignores the hidden staging directory). The offline trainers let
 ``transformers.Trainer`` write the files into the staging directory; the online trainers write
 their own (trainable weights, optimizer, scheduler, ``trainer_state.json``, RNG per process), gathered to
-one file each or, under FSDP's SHARDED_STATE_DICT, as each process's shards.
+one file each or, under FSDP's SHARDED_STATE_DICT, as each process's shards, or under DeepSpeed as the engine's
+own checkpoint (``deepspeed/``, every process's partitions).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ STAGING_DIR = ".staging"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SHARDED_DIR = "sharded"
+DEEPSPEED_TAG = "deepspeed"  # under DeepSpeed: engine.save_checkpoint's own layout, every process's partitions
 # What from_pretrained starts from: a final save moves these into place last (see atomic_save).
 COMMIT_FILES = ("config.json", "adapter_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
@@ -137,6 +139,12 @@ def save_training_state(accelerator, model, optimizer, directory: str, sharded: 
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    from .distributed import deepspeed_engine
+
+    engine = deepspeed_engine(model)
+    if engine is not None:  # DeepSpeed's own format: every process writes its partitions of weights and optimizer
+        engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, save_latest=False)
+        return
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
     names = _trainable_names(model)
     weights, optim = get_state_dict(model, optimizer, options=_state_dict_options(full=not sharded))
@@ -154,6 +162,18 @@ def load_training_state(model, optimizer, directory: str) -> None:
     """Restore what :func:`save_training_state` wrote (either layout) into the model and optimizer."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    from .distributed import deepspeed_engine
+
+    engine = deepspeed_engine(model)
+    if engine is not None or os.path.isdir(os.path.join(directory, DEEPSPEED_TAG)):
+        if engine is None or not os.path.isdir(os.path.join(directory, DEEPSPEED_TAG)):
+            raise ValueError(f"Checkpoint {directory} was written {'without' if engine else 'under'} DeepSpeed; "
+                             "resume it the way it was launched.")
+        path, _ = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                         load_lr_scheduler_states=False, load_module_strict=False)
+        if path is None:
+            raise ValueError(f"DeepSpeed could not load the checkpoint in {directory}.")
+        return
     optimizer = getattr(optimizer, "optimizer", optimizer)
     names = _trainable_names(model)
     if os.path.isdir(os.path.join(directory, SHARDED_DIR)):

@@ -57,6 +57,36 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def online_deepspeed_plugin(args):
+    """The launched DeepSpeed config for an online trainer's own loop (no DataLoader for accelerate to read batch
+    sizes from): ``auto`` micro-batch size and clipping filled from ``args``; DeepSpeed's own gradient accumulation
+    left at 1, because the loop marks each window's last micro-batch as the boundary itself (``deepspeed_boundary``)
+    and already weights its losses per window (DeepSpeed would divide them by its accumulation steps again)."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = getattr(args, "deepspeed_plugin", None) or DeepSpeedPlugin()
+    config = plugin.deepspeed_config
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
+    config["gradient_accumulation_steps"] = 1
+    config["train_batch_size"] = args.per_device_train_batch_size * world
+    if config.get("gradient_clipping", "auto") == "auto":
+        config["gradient_clipping"] = float(args.max_grad_norm or 0.0)
+    plugin.gradient_accumulation_steps = 1
+    return plugin
+
+
+@contextlib.contextmanager
+def deepspeed_boundary(accelerator, is_last: bool):
+    """A micro-batch of an accumulation window under DeepSpeed: ``accelerator.backward`` marks the DeepSpeed
+    engine's gradient-accumulation boundary from ``sync_gradients`` and steps the engine at the boundary only."""
+    accelerator.gradient_state._set_sync_gradients(is_last)
+    try:
+        yield
+    finally:
+        accelerator.gradient_state._set_sync_gradients(True)
+
+
 def _frozen_deepspeed_config(accelerator, model: torch.nn.Module) -> dict:
     """The policy's DeepSpeed config for a frozen model with no optimizer, as TRL's ``prepare_deepspeed``: the
     optimizer, scheduler and optimizer offload removed, ZeRO-3 kept (the frozen model is partitioned like the
@@ -135,8 +165,16 @@ def gathered_for_generation(model: torch.nn.Module):
     token, log-prob forward and tool turn inside), and free them after. Inside, forwards are local: no
     collective runs per token, so processes may decode different numbers of tokens. Unsharded models pass
     through unchanged."""
+    if getattr(model, "_posttrain_gathered", False):  # gathered by an outer call
+        yield model
+        return
+    engine = zero3_engine(model)
+    if engine is not None:
+        with _zero3_gathered(engine):
+            yield model
+        return
     modules = fsdp_modules(model)
-    if not modules or getattr(model, "_posttrain_gathered", False):  # unsharded, or gathered by an outer call
+    if not modules:  # unsharded
         yield model
         return
     # The post-forward reshard setting of each FSDP2 group, restored exactly after (FSDP2 has no getter).
@@ -158,10 +196,51 @@ def gathered_for_generation(model: torch.nn.Module):
                 group.post_forward_mesh_info = info
 
 
+def deepspeed_engine(model):
+    """The DeepSpeed engine ``model`` is, or None (also when DeepSpeed is not installed)."""
+    import sys
+
+    deepspeed = sys.modules.get("deepspeed")
+    return model if deepspeed is not None and isinstance(model, deepspeed.DeepSpeedEngine) else None
+
+
+def zero3_engine(model):
+    engine = deepspeed_engine(model)
+    return engine if engine is not None and engine.zero_optimization_stage() == 3 else None
+
+
+@contextlib.contextmanager
+def _zero3_gathered(engine):
+    """ZeRO-3: every parameter gathered once (``deepspeed.zero.GatheredParameters``) and DeepSpeed's per-module
+    fetch/release hooks taken off meanwhile (as TRL's ``unwrap_model_for_generation``), so forwards inside are
+    local and may differ in number between processes; hooks put back and parameters repartitioned after."""
+    import deepspeed
+
+    offload = getattr(engine.optimizer, "parameter_offload", engine.optimizer)  # the trained policy
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+        hooked = offload is not None and hasattr(offload, "forward_hooks")
+        if hooked:
+            for param in engine.module.parameters():
+                param.ds_active_sub_modules.clear()
+            for hook in offload.forward_hooks + offload.backward_hooks:
+                hook.remove()
+            offload.forward_hooks, offload.backward_hooks = [], []
+        engine._posttrain_gathered = True
+        try:
+            yield
+        finally:
+            engine._posttrain_gathered = False
+            if hooked:
+                coordinator = getattr(offload, "param_coordinator", None)
+                if coordinator is not None and not coordinator.is_invalid_trace():
+                    coordinator._invalidate_trace()
+                offload._register_deepspeed_module(offload.module)
+
+
 def local_numel(model: torch.nn.Module) -> int:
-    """Parameter elements this process holds (its shards under FSDP2 or its partitions under ZeRO-3;
-    everything otherwise)."""
-    return sum(p.ds_tensor.numel() if getattr(p, "ds_tensor", None) is not None else
+    """Parameter elements this process holds (its shards under FSDP2; its partitions under ZeRO-3, or the whole
+    of a parameter ZeRO-3 keeps gathered, below ``stage3_param_persistence_threshold``; everything otherwise)."""
+    return sum(max(p.numel(), p.ds_tensor.numel()) if getattr(p, "ds_tensor", None) is not None else
                (p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
 
 

@@ -42,6 +42,8 @@ from ..rollout import PolicySampler, Rollout
 from .online_config import OnlineConfig
 
 METHOD_STATE_FILE = "method_state.json"
+# The methods checked under DeepSpeed ZeRO-2/3 against one process (tests/test_deepspeed.py); the others refuse it.
+DEEPSPEED_METHODS = ("grpo",)
 
 
 class OnlineTrainer:
@@ -51,6 +53,11 @@ class OnlineTrainer:
                  processing_class=None, callbacks=None, peft_config=None, ref_model=None, rollout_source=None,
                  uses_reference: bool = False, group_size: int = 1, max_steps: int | None = None):
         self.args, self.group_size = args, group_size
+        deepspeed = distributed.deepspeed_requested()
+        if deepspeed and self.method not in DEEPSPEED_METHODS:  # never a quiet fallback to plain DDP
+            raise ValueError(f"{type(self).__name__} runs under DDP or FSDP2; DeepSpeed is supported for the offline "
+                             "trainers and GRPOTrainer only. Launch it with examples/accelerate/fsdp2.yaml (sharded) "
+                             "or ddp.yaml instead of a DeepSpeed config.")
         if args.push_to_hub:
             push_folder(None, args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
                         args.hub_token, check_only=True)  # offline: fail now, not after training
@@ -58,8 +65,11 @@ class OnlineTrainer:
         distributed.start_fsdp_on_cpu()
         # Without CUDA, OnlineConfig sets use_cpu: under `accelerate launch` that is what makes the (already
         # created) accelerate state start gloo across the CPU processes; cpu=True keeps this one on the CPU too.
+        # Under DeepSpeed, cpu stays False: DeepSpeed needs it, and on CPU processes its own CPU accelerator runs gloo.
         self.accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
-                                       cpu=not torch.cuda.is_available())
+                                       cpu=not torch.cuda.is_available() and not deepspeed,
+                                       **({"deepspeed_plugin": distributed.online_deepspeed_plugin(args)}
+                                          if deepspeed else {}))
         self.base_model_name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "")
         self.processing_class = self.tokenizer = processing_class or load_tokenizer(self.base_model_name)
         check_tokenizer(self.tokenizer)
@@ -208,7 +218,11 @@ class OnlineTrainer:
                 yield window, torch.cat(window)
 
     def accumulating(self, is_last: bool):
-        """No gradient all-reduce until the window's last micro-batch (DDP)."""
+        """No gradient all-reduce until the window's last micro-batch (DDP). Under DeepSpeed, the window's last
+        micro-batch is the accumulation boundary: its ``accelerator.backward`` runs DeepSpeed's reduction,
+        clipping (``gradient_clipping``) and optimizer step; ``apply_gradients`` then only reads the norm."""
+        if distributed.is_deepspeed(self.accelerator):
+            return distributed.deepspeed_boundary(self.accelerator, is_last)
         return contextlib.nullcontext() if is_last else self.accelerator.no_sync(self.model)
 
     def record(self, **values) -> None:
@@ -374,8 +388,8 @@ class OnlineTrainer:
         a normal ``from_pretrained`` directory (gathered from the shards under FSDP), written atomically
         (``checkpoint.atomic_save``); pushed to the hub too when ``push_to_hub`` is set."""
         output_dir = output_dir or self.args.output_dir
-        gathered = distributed.full_state_dict(self.accelerator, self.model) if distributed.is_fsdp(self.accelerator) \
-            else None
+        gathered = distributed.full_state_dict(self.accelerator, self.model) \
+            if distributed.is_fsdp(self.accelerator) or distributed.is_deepspeed(self.accelerator) else None
         with ckpt.atomic_save(self.accelerator, output_dir) as staging:
             if self.accelerator.is_main_process:
                 model = self.accelerator.unwrap_model(self.model)
