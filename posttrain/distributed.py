@@ -22,7 +22,12 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def start_fsdp_on_cpu() -> None:
+def mixed_precision(args) -> str:
+    """accelerate's name for a config's mixed precision."""
+    return "bf16" if args.bf16 else ("fp16" if args.fp16 else "no")
+
+
+def start_fsdp_on_cpu(args) -> None:
     """accelerate starts FSDP only on accelerator devices; on CPU processes (gloo) it silently falls back to
     data parallelism with full copies. PyTorch's FSDP2 itself runs on CPU, so when an FSDP config was
     launched without CUDA, switch the (shared, process-wide) accelerate state to FSDP with the plugin the
@@ -33,13 +38,16 @@ def start_fsdp_on_cpu() -> None:
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    Accelerator(cpu=True)  # creates the shared state (and the gloo process group) if nothing has yet
+    precision = mixed_precision(args)
+    Accelerator(cpu=True, mixed_precision=precision)  # the shared state (and the gloo group), as the trainer's
     state = AcceleratorState()
     if state.distributed_type == DistributedType.MULTI_CPU:
         plugin = FullyShardedDataParallelPlugin()  # reads the launched config from the environment
         if plugin.fsdp_version != 2:
             raise ValueError("On CPU processes posttrain runs FSDP version 2 only (fully_shard): set "
                              "fsdp_version: 2 in the accelerate config.")
+        if precision != "no":
+            plugin.set_mixed_precision(precision)
         state.fsdp_plugin = plugin
         state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
@@ -163,8 +171,9 @@ def fsdp_modules(model: torch.nn.Module) -> list:
 def gathered_for_generation(model: torch.nn.Module):
     """Gather a sharded model's full weights once, keep them through a whole rollout batch (every decoded
     token, log-prob forward and tool turn inside), and free them after. Inside, forwards are local: no
-    collective runs per token, so processes may decode different numbers of tokens. Unsharded models pass
-    through unchanged."""
+    collective runs per token, so processes may decode different numbers of tokens and batches. Every
+    process must enter together (the gathering is a collective); a nested call is free. Unsharded models
+    pass through unchanged."""
     if getattr(model, "_posttrain_gathered", False):  # gathered by an outer call
         yield model
         return
@@ -178,8 +187,12 @@ def gathered_for_generation(model: torch.nn.Module):
         yield model
         return
     # The post-forward reshard setting of each FSDP2 group, restored exactly after (FSDP2 has no getter).
-    saved = [(state, state._auto_reshard_after_forward, [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups])
+    saved = [(state, getattr(state, "_auto_reshard_after_forward", None),
+              [(g, g.post_forward_mesh_info) for g in _param_groups(state)])
              for state in (m._get_fsdp_state() for m in modules)]
+    # FSDP2 sets a model up at its root's first forward; generation may run a submodule first (a LoRA model's
+    # generate calls the wrapped model), which FSDP2 would refuse, so the root is set up here.
+    modules[0]._get_fsdp_state()._lazy_init()
     modules[0].set_reshard_after_forward(False, recurse=True)
     try:
         for module in modules:
@@ -191,7 +204,8 @@ def gathered_for_generation(model: torch.nn.Module):
         for module in modules:
             module.reshard()
         for state, auto, groups in saved:
-            state._auto_reshard_after_forward = auto
+            if auto is not None:
+                state._auto_reshard_after_forward = auto
             for group, info in groups:
                 group.post_forward_mesh_info = info
 
@@ -235,6 +249,15 @@ def _zero3_gathered(engine):
                 if coordinator is not None and not coordinator.is_invalid_trace():
                     coordinator._invalidate_trace()
                 offload._register_deepspeed_module(offload.module)
+
+
+def _param_groups(state) -> list:
+    """An FSDP2 module's parameter groups: a list from torch 2.12 on, a single (or no) group before."""
+    groups = getattr(state, "_fsdp_param_groups", None)
+    if groups is None:
+        group = getattr(state, "_fsdp_param_group", None)
+        groups = [group] if group is not None else []
+    return list(groups)
 
 
 def local_numel(model: torch.nn.Module) -> int:

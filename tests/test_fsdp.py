@@ -54,7 +54,7 @@ def test_every_trainer_under_fsdp2_matches_one_process_and_is_sharded(tmp_path):
     # precomputed reference log-probs: each process computed half of the rows, once
     assert results(tmp_path / "fsdp", "dpo_precomputed")["precomputed_rows"] == 32
     assert results(tmp_path / "one", "dpo_precomputed")["precomputed_rows"] == 64
-    for kind in ("grpo", "ppo"):  # real sampling under FSDP2: as the unsharded model, weights gathered once
+    for kind in ("grpo", "grpo_adapter", "ppo"):  # real sampling under FSDP2: as unsharded, weights gathered once
         sampling = results(tmp_path / "fsdp", kind)["sampling"]
         assert results(tmp_path / "fsdp", kind)["sampling_all_ranks"] == [1, 1], sampling
         assert 0 < sampling["all_gathers"] <= sampling["fsdp_modules"] < sampling["tokens"], sampling

@@ -31,17 +31,15 @@ note "env done"
 
 # ---- 1. FSDP2 on the GPU through accelerate (1 process) vs no FSDP ------------------------------------------------
 KINDS=${KINDS:-sft,dpo,dpo_adapter,dpo_precomputed,reward,kto,grpo,grpo_adapter,rloo,ppo,rest,env}
-for precision in fp32 bf16; do
+export FSDP_TEST_KEEP_GOING=1  # one process: a failing trainer is reported, the others still run
+for precision in ${PRECISIONS:-fp32 bf16}; do
   export FSDP_TEST_BF16=$([ $precision = bf16 ] && echo 1 || echo 0)
   timeout "${FSDP_TIMEOUT:-150}" $PY -m accelerate.commands.launch --config_file examples/accelerate/fsdp2.yaml \
     --num_processes 1 tests/fsdp_script.py "$KINDS" "/tmp/scale/fsdp-$precision" 1 >"$OUT/fsdp-$precision.log" 2>&1
   note "fsdp2 $precision rc=$?"
   timeout "${ONE_TIMEOUT:-100}" $PY tests/fsdp_script.py "$KINDS" "/tmp/scale/one-$precision" 1 >"$OUT/one-$precision.log" 2>&1
   note "no-fsdp $precision rc=$?"
-  mkdir -p "$OUT/fsdp-$precision" "$OUT/one-$precision"
-  cp /tmp/scale/fsdp-$precision/*.json "$OUT/fsdp-$precision/" 2>/dev/null
-  cp /tmp/scale/one-$precision/*.json "$OUT/one-$precision/" 2>/dev/null
-  timeout 30 $PY - "$KINDS" "$OUT/fsdp-$precision" "$OUT/one-$precision" <<'PYEOF' | tee -a "$SUMMARY"
+  timeout 30 $PY - "$KINDS" "/tmp/scale/fsdp-$precision" "/tmp/scale/one-$precision" <<'PYEOF' | tee -a "$SUMMARY"
 import json, os, sys
 kinds, a, b = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 for kind in kinds:

@@ -48,7 +48,8 @@ def evaluate_policy(model, tokenizer, prompts: list, rewards=None, *, reference=
     try:
         if reference_was_training:
             reference.model.eval()
-        with torch.random.fork_rng(devices=[]):
+        # the CUDA generator too: sampling on a GPU draws from it, and training's dropout must not see that
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
                 rows = range(start, min(start + batch_size, len(prompts)))

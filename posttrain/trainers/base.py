@@ -31,7 +31,7 @@ class PostTrainer(transformers.Trainer):
 
     def __init__(self, model, args, train_dataset=None, eval_dataset=None, processing_class=None,
                  peft_config=None, data_collator=None, callbacks=None, **kwargs):
-        distributed.start_fsdp_on_cpu()  # before transformers builds the Accelerator
+        distributed.start_fsdp_on_cpu(args)  # before transformers builds the Accelerator
         self.base_model_name = model if isinstance(model, str) else model.config.name_or_path
         if isinstance(model, str):
             model = load_model(model, self.task, seed=args.seed, trust_remote_code=args.trust_remote_code,

@@ -264,7 +264,9 @@ class DPOTrainer(PostTrainer):
             for start in tqdm(range(0, len(rows), batch_size), desc="Precomputing reference log-probs",
                               disable=self.args.disable_tqdm or not self.accelerator.is_local_main_process):
                 batch = self.data_collator([dataset[i] for i in rows[start: start + batch_size]])
-                c, r = self.pair_logps(model, {k: v.to(self.args.device) for k, v in batch.items()})[:2]
+                # where the model is: under FSDP the unsharded model has not been placed on the device yet
+                device = next(model.parameters()).device
+                c, r = self.pair_logps(model, {k: v.to(device) for k, v in batch.items()})[:2]
                 chosen.append(c.float().cpu())
                 rejected.append(r.float().cpu())
         model.train(was_training)

@@ -62,11 +62,11 @@ class OnlineTrainer:
             push_folder(None, args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
                         args.hub_token, check_only=True)  # offline: fail now, not after training
         set_seed(args.seed)
-        distributed.start_fsdp_on_cpu()
+        distributed.start_fsdp_on_cpu(args)
         # Without CUDA, OnlineConfig sets use_cpu: under `accelerate launch` that is what makes the (already
         # created) accelerate state start gloo across the CPU processes; cpu=True keeps this one on the CPU too.
         # Under DeepSpeed, cpu stays False: DeepSpeed needs it, and on CPU processes its own CPU accelerator runs gloo.
-        self.accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
+        self.accelerator = Accelerator(mixed_precision=distributed.mixed_precision(args),
                                        cpu=not torch.cuda.is_available() and not deepspeed,
                                        **({"deepspeed_plugin": distributed.online_deepspeed_plugin(args)}
                                           if deepspeed else {}))
@@ -102,6 +102,10 @@ class OnlineTrainer:
             raise ValueError("The policy has no trainable parameters.")
         optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                       eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        if distributed.is_fsdp(self.accelerator) and peft_trunk(model) is not None:  # as transformers.Trainer does
+            from transformers.integrations.fsdp import update_fsdp_plugin_peft
+
+            update_fsdp_plugin_peft(peft_trunk(model), self.accelerator)  # FSDP2: one group, adapter and base
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.reference is not None:
             self.reference.place(self.accelerator)
