@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,34 @@ def test_readme_one_node_fsdp2_command_runs_as_written(tmp_path):
 
     assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0  # the final model: full, loadable
     assert not (out / ".staging").exists()
+
+
+class OneProcess:  # the part of an Accelerator that checkpoint.atomic_save uses, for one process
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_final_save_replaces_an_older_model_and_never_mixes_the_two(tmp_path):
+    """A save into a directory holding an older (sharded) model: the old weight shards the new save does not
+    replace are removed, the config is the new one, checkpoints are left alone; a save that fails midway leaves
+    the old model untouched (nothing of the new one moved in)."""
+    from posttrain.checkpoint import atomic_save
+
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    for name, text in [("config.json", "old"), ("model-00001-of-00002.safetensors", "old"),
+                       ("model-00002-of-00002.safetensors", "old"), ("model.safetensors.index.json", "old")]:
+        (out / name).write_text(text)
+    with pytest.raises(RuntimeError):
+        with atomic_save(OneProcess(), str(out)) as staging:
+            Path(staging, "model.safetensors").write_text("new")
+            raise RuntimeError("killed while writing")
+    assert (out / "config.json").read_text() == "old" and not (out / "model.safetensors").exists()
+    with atomic_save(OneProcess(), str(out)) as staging:
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            Path(staging, name).write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.json", "model.safetensors",
+                                                     "tokenizer.json"]
+    assert all((out / n).read_text() == "new" for n in ("config.json", "model.safetensors", "tokenizer.json"))
