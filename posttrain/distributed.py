@@ -1,7 +1,8 @@
-"""Scale-out: the one place that knows whether the model is sharded (PyTorch FSDP2 through accelerate) and
-what that changes for posttrain -- starting FSDP2 on CPU processes, sharding a frozen reference like the
-policy, gathering the weights once per rollout batch for generation, counting what each process holds, and
-gathering a full state dict for a normal ``save_pretrained`` at the end.
+"""Scale-out: the one place that knows whether the model is sharded (PyTorch FSDP2 or DeepSpeed ZeRO, both
+through accelerate) and what that changes for posttrain -- starting FSDP2 on CPU processes, sharding a frozen
+reference like the policy, gathering the weights once per rollout batch for generation, DeepSpeed's settings
+and accumulation boundary for the online loop, counting what each process holds, and gathering a full state
+dict for a normal ``save_pretrained`` at the end.
 
 Everything else (wrapping, mixed precision, gradient reduce-scatter, sharded checkpoints of the offline
 trainers) is accelerate's and PyTorch's own: a script launched with ``accelerate launch --config_file
