@@ -210,8 +210,9 @@ class SharedConfig:
 
     def resolve_shared(self) -> None:
         """TRL's ``bf16=None`` default resolved, refused TRL options refused, a JSON ``model_init_kwargs`` read;
-        without CUDA, ``use_cpu`` (else ``accelerate launch`` on CPUs runs every process alone, no gloo group)."""
-        if not torch.cuda.is_available():
+        with no accelerator (CUDA, MPS, XPU, ...), ``use_cpu`` (else ``accelerate launch`` on CPUs runs every
+        process alone, no gloo group)."""
+        if not torch.accelerator.is_available():
             self.use_cpu = True
         if self.bf16 is None:
             self.bf16 = bool(not self.fp16 and not self.use_cpu and torch.cuda.is_available()
