@@ -66,3 +66,55 @@ def test_bradley_terry_loss_by_hand():
     assert bradley_terry_loss(chosen, rejected, margin).item() == pytest.approx(expected_margin, abs=1e-6)
     centred = bradley_terry_loss(chosen, rejected, center_coefficient=0.5).item()
     assert centred == pytest.approx(expected + 0.5 * (1.0 + 0.0) / 2, abs=1e-6)
+
+
+def group_rollout(tok, group_size, seed):
+    """Groups of ``group_size`` completions of different lengths per prompt; prompts of different lengths."""
+    from posttrain.rollout import Rollout, pad_with_attention
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 400, (n,), generator=g).tolist() for n in (5, 2, 9)]
+    completions = [torch.randint(3, 400, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist()
+                   for _ in range(len(prompts) * group_size)]
+    ids, attention = pad_with_attention([p for p in prompts for _ in range(group_size)], tok.pad_token_id, "left")
+    comp, comp_attention = pad_with_attention(completions, tok.pad_token_id)
+    return Rollout(ids, attention, comp, comp_attention, comp_attention.clone())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_group_shared_completion_logps_equal_the_unshared_forward_and_its_gradient(arch):
+    """One row per group (prompt once, G completions after it) gives every completion token the log-prob and
+    the gradient of the plain per-completion forward (1e-5, float32), at temperature 1 and 0.7."""
+    from posttrain import load_model, load_tokenizer
+    from posttrain.losses.logprobs import forward_completion, group_shared_completion_logps
+
+    model, tok = load_model(f"tiny:{arch}", seed=0), load_tokenizer(f"tiny:{arch}")
+    rollout = group_rollout(tok, 4, seed=1)
+    for temperature in (1.0, 0.7):
+        model.zero_grad()
+        plain, _ = forward_completion(model, rollout, temperature)
+        plain.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        shared = group_shared_completion_logps(model, rollout, 4, temperature)
+        shared.sum().backward()
+        assert shared.shape == plain.shape
+        assert (shared[rollout.completion_attention == 0] == 0).all()
+        assert torch.allclose(shared, plain, atol=1e-5, rtol=0), (shared - plain).abs().max()
+        for name, p in model.named_parameters():
+            assert torch.allclose(p.grad, grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_group_shared_completion_logps_refuse_what_they_cannot_share():
+    from posttrain import load_model, load_tokenizer
+    from posttrain.losses.logprobs import group_shared_completion_logps
+
+    model, tok = load_model("tiny:llama", seed=0), load_tokenizer("tiny:llama")
+    rollout = group_rollout(tok, 2, seed=2)
+    with pytest.raises(ValueError, match="not whole groups of 4"):
+        group_shared_completion_logps(model, rollout, 4)
+    with pytest.raises(ValueError, match="different prompts"):  # groups of 3 straddle two prompts
+        group_shared_completion_logps(model, rollout.select(list(range(6))), 3)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="custom attention mask"):
+        group_shared_completion_logps(model, rollout, 2)

@@ -176,6 +176,74 @@ def model_inputs(model, rollout) -> dict:
             "attention_mask": attention, "position_ids": position_ids}
 
 
+def group_shared_completion_logps(model, rollout, group_size: int, temperature: float = 1.0) -> torch.Tensor:
+    """``[B, C]`` log-probs of each completion token (0 on padding), as ``forward_completion`` gives them, but
+    with each prompt computed once per group: the rollout's rows come in groups of ``group_size`` consecutive
+    completions of one prompt (as GRPO and RLOO sample them), and each group becomes one row
+    ``prompt + completion_1 + ... + completion_G``. ``position_ids`` restart every completion at the prompt's
+    end and a 4D mask lets a completion see the prompt and itself only (``_shared_prefix_mask``, as DPO's
+    prefix sharing), so every token gets the log-prob it has in its own ``prompt + completion`` sequence. The
+    first token of completions 2..G is predicted from the prompt's last position. Causal LMs only, with sdpa
+    or eager attention."""
+    if is_encoder_decoder(model):
+        raise ValueError("Prompt sharing across a group is for decoder-only models; an encoder-decoder already "
+                         "encodes each prompt once per row.")
+    n, width = rollout.completion_ids.shape
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"{n} rollout rows are not whole groups of {group_size}.")
+    device, pad = rollout.completion_ids.device, 0
+    rows, segments, positions, owners = [], [], [], []  # owners: (rollout row, completion index) of each token
+    for g in range(n // group_size):
+        first = g * group_size
+        prompt = rollout.prompt_ids[first][rollout.prompt_attention[first].bool()]
+        if not len(prompt):
+            raise ValueError(f"Rollout row {first} has an empty prompt; prompt sharing needs at least one prompt token.")
+        for r in range(first + 1, first + group_size):
+            other = rollout.prompt_ids[r][rollout.prompt_attention[r].bool()]
+            if not torch.equal(other, prompt):
+                raise ValueError(f"Rollout rows {first} and {r} are in one group of {group_size} but have different "
+                                 "prompts; prompt sharing needs each group's completions to share their prompt.")
+        ids, seg, pos, own = [prompt], [torch.zeros(len(prompt), dtype=torch.long)], [torch.arange(len(prompt))], []
+        for k in range(group_size):
+            r = first + k
+            length = int(rollout.completion_attention[r].sum())
+            ids.append(rollout.completion_ids[r, :length])
+            seg.append(torch.full((length,), k + 1, dtype=torch.long))
+            pos.append(torch.arange(len(prompt), len(prompt) + length))
+            own.append(torch.stack([torch.full((length,), r), torch.arange(length)], 1))
+        rows.append(torch.cat(ids).to(device))
+        segments.append(torch.cat(seg))
+        positions.append(torch.cat(pos))
+        owners.append(torch.cat(own) if own else torch.zeros(0, 2, dtype=torch.long))
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad, dtype=torch.long, device=device)
+    segment_ids = torch.full((len(rows), length), -1, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (ids, seg, pos) in enumerate(zip(rows, segments, positions)):
+        input_ids[i, :len(ids)], segment_ids[i, :len(seg)], position_ids[i, :len(pos)] = ids, seg, pos
+    segment_ids, position_ids = segment_ids.to(device), position_ids.to(device)
+    mask = _shared_prefix_mask(segment_ids, getattr(model.config, "_attn_implementation", None) or "sdpa")
+    labels = input_ids.masked_fill(segment_ids <= 0, IGNORE_INDEX)
+    out = labelled_logps(model, labels, input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
+    # each target token's predictor: the previous position, except a completion's first token after the first
+    # completion, which the prompt's last position predicts
+    predictor = torch.full(input_ids.shape, -1, dtype=torch.long, device=device)
+    predictor[out.rows, out.positions + 1] = torch.arange(len(out.rows), device=device)
+    prompt_last = (segment_ids == 0).sum(1) - 1
+    starts = (segment_ids > 1) & (segment_ids != torch.roll(segment_ids, 1, dims=1))
+    start_rows, start_cols = starts.nonzero(as_tuple=True)
+    logits = out.logits
+    if temperature != 1.0:
+        logits = logits / temperature
+    logit_index = torch.arange(len(out.rows), device=device)  # target i is predicted by kept position i ...
+    # ... except a later completion's first token: by the position kept for the prompt's last token
+    logit_index[predictor[start_rows, start_cols]] = predictor[start_rows, prompt_last[start_rows] + 1]
+    logps = selective_log_softmax(logits[logit_index], out.targets)
+    owner = torch.cat(owners).to(device)  # tokens in layout order: rows, then positions, as out.rows/positions
+    result = torch.zeros((n, width), dtype=logps.dtype, device=device)
+    return result.index_put((owner[:, 0], owner[:, 1]), logps)
+
+
 def _values(out):
     """A value head's per-token values from a model output (None for a plain language model).
     (``ModelOutput`` is a dict, so ``out.values`` would be the dict method.)"""
