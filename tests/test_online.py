@@ -414,3 +414,35 @@ def test_ppo_ends_when_every_sample_is_dropped(tmp_path):
     assert trainer.state.global_step == 4 and trainer.generations == 2
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     assert [e["dropped"] for e in trainer.state.log_history if "dropped" in e] == [4.0, 4.0]
+
+
+@pytest.mark.parametrize("cls,config", [(GRPOTrainer, GRPOConfig), (RLOOTrainer, RLOOConfig)])
+def test_prefix_sharing_trains_like_the_unshared_run(tmp_path, tokenizer, cls, config):
+    """Each prompt computed once per group (policy and reference forwards): the same samples, KL, losses and
+    weights as the unshared run, for 3 steps of one window each (the order inside a window does not matter)."""
+    rows = toy.arithmetic_problems(16, seed=0)
+    runs = []
+    for sharing in (False, True):
+        args = quick(config, prompts=2, num_generations=4, max_steps=3, beta=0.1, output_dir=str(tmp_path / str(sharing)),
+                     learning_rate=1e-2, adam_epsilon=1.0, bf16=False,  # eps 1: Adam does not blow up float noise
+                     prefix_sharing=sharing)
+        sampler = PolicySampler(tokenizer, args.sampling(), backend=EosEarly())  # completions of unequal length
+        trainer = cls("tiny:llama", varied, args=args, train_dataset=rows, rollout_source=sampler)
+        trainer.train()
+        runs.append((trainer, params(trainer.model)))
+    (plain, plain_weights), (shared, shared_weights) = runs
+    assert shared.shared_group == 4 and plain.shared_group == 1
+    for key in ("loss", "kl", "reward"):
+        assert logged(shared, key) == pytest.approx(logged(plain, key), abs=1e-5), key
+    assert (shared_weights - plain_weights).abs().max() < 1e-6
+    assert (shared_weights - params(load_model("tiny:llama", seed=0))).abs().max() > 1e-4  # it did train
+
+
+def test_prefix_sharing_needs_whole_groups():
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        GRPOTrainer("tiny:llama", varied, args=quick(GRPOConfig, num_generations=4, per_device_train_batch_size=6,
+                                                     prefix_sharing=True, max_steps=1),
+                    train_dataset=toy.arithmetic_problems(16, seed=0))
+    with pytest.raises(ValueError, match="prefix_sharing needs groups"):
+        PPOTrainer("tiny:llama", varied, args=quick(PPOConfig, prefix_sharing=True, max_steps=1),
+                   train_dataset=toy.arithmetic_problems(16, seed=0))

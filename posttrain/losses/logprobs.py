@@ -176,6 +176,14 @@ def model_inputs(model, rollout) -> dict:
             "attention_mask": attention, "position_ids": position_ids}
 
 
+def completion_logps(model, rollout, temperature: float = 1.0, shared_group: int = 1) -> torch.Tensor:
+    """``[B, C]`` log-probs of each completion token: ``forward_completion``'s, or with ``shared_group`` > 1
+    each prompt computed once per group of that many consecutive rows (``group_shared_completion_logps``)."""
+    if shared_group > 1:
+        return group_shared_completion_logps(model, rollout, shared_group, temperature)
+    return forward_completion(model, rollout, temperature)[0]
+
+
 def group_shared_completion_logps(model, rollout, group_size: int, temperature: float = 1.0) -> torch.Tensor:
     """``[B, C]`` log-probs of each completion token (0 on padding), as ``forward_completion`` gives them, but
     with each prompt computed once per group: the rollout's rows come in groups of ``group_size`` consecutive

@@ -81,14 +81,15 @@ class Reference:
         return self
 
     @torch.no_grad()
-    def completion_logps(self, policy, rollout, temperature: float) -> torch.Tensor:
-        """``[B, C]`` log-probs of each completion token under the reference (0 on padding)."""
-        from ..losses.logprobs import forward_completion
+    def completion_logps(self, policy, rollout, temperature: float, shared_group: int = 1) -> torch.Tensor:
+        """``[B, C]`` log-probs of each completion token under the reference (0 on padding); with
+        ``shared_group`` > 1 each prompt is computed once per group (``losses.logprobs.completion_logps``)."""
+        from ..losses.logprobs import completion_logps
 
         if self.strategy == "adapter":  # through the policy itself (under FSDP its root gathers the shards)
             with adapter_disabled(peft_trunk(policy)):
-                return forward_completion(policy, rollout, temperature)[0]
-        return forward_completion(self.model, rollout, temperature)[0]
+                return completion_logps(policy, rollout, temperature, shared_group)
+        return completion_logps(self.model, rollout, temperature, shared_group)
 
 
 def online_reference(requested: str, policy, ref_model=None, needed: bool = True) -> Reference | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..losses.logprobs import forward_completion
+from ..losses.logprobs import completion_logps
 from ..losses.rl import LOSS_TYPES, aggregate, clipped_policy_loss, group_advantages, grpo_kl
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
@@ -80,7 +80,8 @@ class GRPOTrainer(OnlineTrainer):
             rollout.completion_mask = rollout.completion_mask * valid[:, None]  # dropped samples carry no loss
             # 3. advantages
             advantages = group_advantages(rewards, args.num_generations, args.scale_rewards)
-            ref_logps = self.reference.completion_logps(self.model, rollout, temperature) if self.reference else None
+            ref_logps = self.reference.completion_logps(self.model, rollout, temperature, self.shared_group) \
+                if self.reference else None
             self.record_generation(rollout, scored, args.num_generations)
             # 4. update
             for window, window_rows in self.update_windows(len(rollout)):
@@ -89,7 +90,7 @@ class GRPOTrainer(OnlineTrainer):
                 for j, rows in enumerate(window):
                     with self.accumulating(j == len(window) - 1), self.accelerator.autocast():
                         mb = rollout.select(rows)
-                        logps, _ = forward_completion(self.model, mb, temperature)
+                        logps = completion_logps(self.model, mb, temperature, self.shared_group)
                         old_logps = logps.detach() if mb.logprobs is None else mb.logprobs
                         loss = self.loss(mb, logps, old_logps, advantages[rows], ref_logps, rows, num_items)
                         if args.loss_type in ("grpo", "dr_grpo"):  # means over completions: weight by share

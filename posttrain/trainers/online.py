@@ -53,6 +53,12 @@ class OnlineTrainer:
                  processing_class=None, callbacks=None, peft_config=None, ref_model=None, rollout_source=None,
                  uses_reference: bool = False, group_size: int = 1, max_steps: int | None = None):
         self.args, self.group_size = args, group_size
+        # with prefix_sharing, the rows of a group stay together in micro-batches and share one prompt forward
+        self.shared_group = group_size if args.prefix_sharing else 1
+        if args.prefix_sharing and (group_size < 2 or args.per_device_train_batch_size % group_size):
+            raise ValueError(f"prefix_sharing needs groups (GRPO, RLOO) and micro-batches of whole groups: "
+                             f"per_device_train_batch_size ({args.per_device_train_batch_size}) must be a multiple of "
+                             f"num_generations ({group_size}).")
         deepspeed = distributed.deepspeed_requested()
         if deepspeed and self.method not in DEEPSPEED_METHODS:  # never a quiet fallback to plain DDP
             raise ValueError(f"{type(self).__name__} runs under DDP or FSDP2; DeepSpeed is supported for the offline "
@@ -211,7 +217,11 @@ class OnlineTrainer:
         generator = torch.Generator().manual_seed(args.seed * 100003 + self.generations)
         micro_size = math.ceil(n_rows / args.steps_per_generation)
         for _ in range(args.num_iterations):
-            order = torch.randperm(n_rows, generator=generator)
+            if self.shared_group > 1:  # whole groups, in a shuffled order
+                groups = torch.randperm(n_rows // self.shared_group, generator=generator)
+                order = (groups[:, None] * self.shared_group + torch.arange(self.shared_group)).reshape(-1)
+            else:
+                order = torch.randperm(n_rows, generator=generator)
             micro = list(order.split(micro_size))
             for s in range(0, len(micro), args.gradient_accumulation_steps):
                 if stop_at_max_steps and (self.state.global_step >= self.state.max_steps

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..losses.logprobs import forward_completion
+from ..losses.logprobs import completion_logps
 from ..losses.rl import leave_one_out_advantages, rloo_sequence_loss
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
@@ -68,7 +68,8 @@ class RLOOTrainer(OnlineTrainer):
             valid = ~rewards.isnan()
             penalised = rewards
             if self.reference is not None:
-                kl = (rollout.logprobs - self.reference.completion_logps(self.model, rollout, temperature)) * mask
+                ref_logps = self.reference.completion_logps(self.model, rollout, temperature, self.shared_group)
+                kl = (rollout.logprobs - ref_logps) * mask
                 penalised = rewards - args.beta * kl.sum(1)
                 self.record(kl=self.gather_token_mean(kl, mask), kl_sum=self.gather_mean(kl.sum(1)))
             # 3. advantages: leave-one-out baselines (a dropped sample gets 0 and carries no loss)
@@ -80,7 +81,7 @@ class RLOOTrainer(OnlineTrainer):
                 for j, rows in enumerate(window):
                     with self.accumulating(j == len(window) - 1), self.accelerator.autocast():
                         mb = rollout.select(rows)
-                        logps, _ = forward_completion(self.model, mb, temperature)
+                        logps = completion_logps(self.model, mb, temperature, self.shared_group)
                         loss, stats = rloo_sequence_loss(logps, mb.logprobs, advantages[rows], mb.completion_mask,
                                                          args.epsilon, args.epsilon_high)
                         self.record(loss=loss.detach(), **stats)
