@@ -78,8 +78,9 @@ def takes_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def labelled_logps(model, labels: torch.Tensor, **inputs) -> LabelledLogps:
-    """Run ``model(**inputs)`` and return the log-probs of each labelled next token.
+def labelled_logps(model, labels: torch.Tensor, temperature: float = 1.0, **inputs) -> LabelledLogps:
+    """Run ``model(**inputs)`` and return the log-probs of each labelled next token (of ``logits /
+    temperature``; the returned logits are scaled too).
 
     The output layer runs only at the positions that predict a label (a boolean ``logits_to_keep``
     mask, which transformers 5 causal LMs accept): prompt and pad positions never get logits, which
@@ -93,6 +94,8 @@ def labelled_logps(model, labels: torch.Tensor, **inputs) -> LabelledLogps:
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     else:  # older or custom models: full logits, then select
         logits = model(**inputs, use_cache=False).logits[keep]
+    if temperature != 1.0:
+        logits = logits / temperature
     return LabelledLogps(selective_log_softmax(logits, targets), rows, positions, logits, targets)
 
 
@@ -232,21 +235,18 @@ def group_shared_completion_logps(model, rollout, group_size: int, temperature: 
     segment_ids, position_ids = segment_ids.to(device), position_ids.to(device)
     mask = _shared_prefix_mask(segment_ids, getattr(model.config, "_attn_implementation", None) or "sdpa")
     labels = input_ids.masked_fill(segment_ids <= 0, IGNORE_INDEX)
-    out = labelled_logps(model, labels, input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
-    # each target token's predictor: the previous position, except a completion's first token after the first
-    # completion, which the prompt's last position predicts
-    predictor = torch.full(input_ids.shape, -1, dtype=torch.long, device=device)
-    predictor[out.rows, out.positions + 1] = torch.arange(len(out.rows), device=device)
-    prompt_last = (segment_ids == 0).sum(1) - 1
+    out = labelled_logps(model, labels, temperature, input_ids=input_ids, attention_mask=mask,
+                         position_ids=position_ids)
+    # out.logps[i] is predicted by the position before target i; a later completion's first token is predicted
+    # by the prompt's last position instead (as the rejected answer in shared_prefix_token_logps)
+    entry = torch.full(input_ids.shape, -1, dtype=torch.long, device=device)
+    entry[out.rows, out.positions] = torch.arange(len(out.rows), device=device)
     starts = (segment_ids > 1) & (segment_ids != torch.roll(segment_ids, 1, dims=1))
     start_rows, start_cols = starts.nonzero(as_tuple=True)
-    logits = out.logits
-    if temperature != 1.0:
-        logits = logits / temperature
-    logit_index = torch.arange(len(out.rows), device=device)  # target i is predicted by kept position i ...
-    # ... except a later completion's first token: by the position kept for the prompt's last token
-    logit_index[predictor[start_rows, start_cols]] = predictor[start_rows, prompt_last[start_rows] + 1]
-    logps = selective_log_softmax(logits[logit_index], out.targets)
+    prompt_last = (segment_ids == 0).sum(1) - 1
+    fixed = selective_log_softmax(out.logits[entry[start_rows, prompt_last[start_rows]]],
+                                  input_ids[start_rows, start_cols])
+    logps = out.logps.index_put((entry[start_rows, start_cols - 1],), fixed)
     owner = torch.cat(owners).to(device)  # tokens in layout order: rows, then positions, as out.rows/positions
     result = torch.zeros((n, width), dtype=logps.dtype, device=device)
     return result.index_put((owner[:, 0], owner[:, 1]), logps)
