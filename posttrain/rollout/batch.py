@@ -26,6 +26,7 @@ class Rollout:
     completion_attention: torch.Tensor  # [B, C] 1 on real completion tokens (generated or inserted)
     completion_mask: torch.Tensor  # [B, C] 1 on tokens the policy generated (the loss's tokens)
     logprobs: torch.Tensor | None = None  # [B, C] the policy's log-probs at sampling time (0 on padding)
+    values: torch.Tensor | None = None  # [B, C] a value head's values at sampling time, where generation gave them
     prompts: list = field(default_factory=list)  # the dataset's prompt values (text or messages)
     columns: dict = field(default_factory=dict)  # other dataset columns, a list per column (for rewards)
     rewards: dict = field(default_factory=dict)  # name -> [B] rewards the rollout source scored itself (None: n/a)
@@ -44,7 +45,7 @@ class Rollout:
         return replace(self, prompt_ids=self.prompt_ids[index], prompt_attention=self.prompt_attention[index],
                        completion_ids=self.completion_ids[index],
                        completion_attention=self.completion_attention[index],
-                       completion_mask=self.completion_mask[index], logprobs=pick(self.logprobs),
+                       completion_mask=self.completion_mask[index], logprobs=pick(self.logprobs), values=pick(self.values),
                        prompts=[self.prompts[i] for i in rows] if self.prompts else [],
                        columns={k: [v[i] for i in rows] for k, v in self.columns.items()},
                        rewards={k: [v[i] for i in rows] for k, v in self.rewards.items()})

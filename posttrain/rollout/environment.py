@@ -172,7 +172,7 @@ class TextEnvironment:
     # ---- the rollout ------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, model, prompt_ids: list[list[int]], prompts: list | None = None, columns: dict | None = None,
-                 with_logprobs: bool = True) -> Rollout:
+                 with_logprobs: bool | str = True) -> Rollout:
         if self.tokenizer is None:
             raise RuntimeError("TextEnvironment is not bound to a tokenizer: pass it to a trainer as "
                                "rollout_source=env, or call env.bind(tokenizer, SamplingConfig(...)).")
@@ -230,7 +230,7 @@ class TextEnvironment:
             completion_mask, _ = pad_with_attention(mask, 0, device=device)
             rollout = Rollout(prompt_batch, prompt_attention, completions, completion_attention, completion_mask,
                               prompts=prompts, columns=dict(columns or {}), truncated_prompts=truncated)
-            if with_logprobs:
+            if with_logprobs is True:  # "if_free": a tool rollout has none for free
                 rollout.logprobs, _ = forward_completion(model, rollout, self.sampling.temperature or 1.0)
         finally:
             model.train(was_training)

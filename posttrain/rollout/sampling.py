@@ -18,6 +18,9 @@ import transformers
 from ..models.loading import is_encoder_decoder
 from ..losses.logprobs import forward_completion
 from .batch import Rollout, pad_with_attention
+from .decode import CachedDecode, Generated
+
+BACKENDS = ("posttrain", "transformers")
 
 
 @dataclass
@@ -43,8 +46,9 @@ class SamplingConfig:
 
 class GenerationBackend(Protocol):
     def generate(self, model, prompt_ids: torch.Tensor, prompt_attention: torch.Tensor,
-                 sampling: SamplingConfig, tokenizer) -> torch.Tensor:
-        """Completion ids ``[B, C]`` (anything after a row's end is ignored)."""
+                 sampling: SamplingConfig, tokenizer) -> torch.Tensor | Generated:
+        """Completion ids ``[B, C]`` (anything after a row's end is ignored), or a ``Generated`` that carries
+        the sampling-time log-probs (and values) too, where they equal a fresh forward's."""
 
 
 class HFGenerate:
@@ -82,27 +86,48 @@ def completion_length(ids: list[int], eos_id: int, stop_strings: tuple[str, ...]
 class PolicySampler:
     """Sample completions from ``model`` for prompt ids and return them as a ``Rollout``."""
 
-    def __init__(self, tokenizer, sampling: SamplingConfig, backend: GenerationBackend | None = None):
-        self.tokenizer, self.sampling, self.backend = tokenizer, sampling, backend or HFGenerate()
+    def __init__(self, tokenizer, sampling: SamplingConfig, backend: GenerationBackend | str | None = None):
+        self.tokenizer, self.sampling, self.backend = tokenizer, sampling, make_backend(backend)
 
     @torch.no_grad()
     def __call__(self, model, prompt_ids: list[list[int]], prompts: list | None = None,
-                 columns: dict | None = None, with_logprobs: bool = True) -> Rollout:
+                 columns: dict | None = None, with_logprobs: bool | str = True) -> Rollout:
+        """``with_logprobs``: True = the policy's log-probs of the sample (from generation where exact, else a
+        forward); ``"if_free"`` = only those from generation (with a value head's values); False = none."""
         device = next(model.parameters()).device
         ids, attention = pad_with_attention(prompt_ids, self.tokenizer.pad_token_id, side="left", device=device)
         was_training = model.training
         model.eval()
         try:
-            raw = self.backend.generate(model, ids, attention, self.sampling, self.tokenizer)
+            generated = self.backend.generate(model, ids, attention, self.sampling, self.tokenizer)
+            generated = generated if isinstance(generated, Generated) else Generated(generated)
+            raw = generated.ids
             lengths = [completion_length(row, self.tokenizer.eos_token_id, self.sampling.stop_strings,
                                          self.tokenizer) for row in raw.tolist()]
             completions, completion_attention = pad_with_attention(
                 [row[:n] for row, n in zip(raw.tolist(), lengths)], self.tokenizer.pad_token_id, device=device)
             rollout = Rollout(ids, attention, completions, completion_attention, completion_attention.clone(),
                               prompts=list(prompts or []), columns=dict(columns or {}))
-            if with_logprobs:
+            width = completions.shape[1]
+            if with_logprobs and generated.logprobs is not None:  # exact: no second forward
+                rollout.logprobs = generated.logprobs[:, :width] * completion_attention
+                if generated.values is not None:
+                    rollout.values = generated.values[:, :width] * completion_attention
+            elif with_logprobs is True:
                 temperature = self.sampling.temperature or 1.0
                 rollout.logprobs, _ = forward_completion(model, rollout, temperature)
         finally:
             model.train(was_training)
         return rollout
+
+
+def make_backend(backend: GenerationBackend | str | None) -> GenerationBackend:
+    """A backend object from a name (``generation_backend``): posttrain (``CachedDecode``, the default) or
+    transformers (``HFGenerate``); an object with a ``generate`` method is used as it is."""
+    if backend is None or backend == "posttrain":
+        return CachedDecode()
+    if backend == "transformers":
+        return HFGenerate()
+    if isinstance(backend, str):
+        raise ValueError(f"generation_backend must be one of {BACKENDS} (or a GenerationBackend object), got {backend!r}.")
+    return backend

@@ -99,7 +99,7 @@ class OnlineTrainer:
         for fn in self.rewards.funcs if self.rewards else []:  # reward models run where the policy runs
             if isinstance(getattr(fn, "model", None), torch.nn.Module):
                 fn.model.to(self.accelerator.device)
-        self.sampler = rollout_source or PolicySampler(self.tokenizer, args.sampling())
+        self.sampler = rollout_source or PolicySampler(self.tokenizer, args.sampling(), backend=args.generation_backend)
         if hasattr(self.sampler, "bind"):  # an environment takes our tokenizer, sampling and prompt limit
             self.sampler.bind(self.tokenizer, args.sampling(), max_prompt_length=args.max_prompt_length)
         self.reference = online_reference(args.reference, model, ref_model, needed=uses_reference)
@@ -173,7 +173,7 @@ class OnlineTrainer:
         return order[start: start + per_process]
 
     # ---- sample and score ---------------------------------------------------------------------------------
-    def sample(self, rows: list[int], repeats: int = 1, with_logprobs: bool = True):
+    def sample(self, rows: list[int], repeats: int = 1, with_logprobs: bool | str = True):
         """Sample ``repeats`` consecutive completions for each training prompt row."""
         prompts = self.train_prompts
         rows = [i for i in rows for _ in range(repeats)]

@@ -19,6 +19,7 @@ from transformers import TrainingArguments
 
 from ..config import SharedConfig
 from ..rollout import SamplingConfig
+from ..rollout.sampling import BACKENDS
 
 GENERATION_KWARGS = ("min_new_tokens", "stop_strings")  # what generation_kwargs may set besides the fields
 
@@ -53,6 +54,12 @@ class OnlineConfig(SharedConfig, TrainingArguments):
     generation_kwargs: dict | str | None = field(default=None, metadata={
         "help": "More generation settings, a dict (a JSON string on the command line): min_new_tokens, "
                 "stop_strings (a list of strings that end a completion)."})
+    generation_backend: str = field(default="posttrain", metadata={
+        "help": "How completions are sampled. posttrain: its own decoding loop (each distinct prompt prefilled once "
+                "and its KV cache copied to the group's G rows; log-probs and values taken from the sampling step "
+                "where they equal a fresh forward, i.e. float32 without autocast; finished rows dropped from the "
+                "batch). transformers: model.generate, then a forward for the log-probs. Both sample from the same "
+                "distribution and draw the same tokens until a batch is compacted. Not in TRL (generate or vLLM)."})
     # ---- reference and rewards ----------------------------------------------------------------------
     reference: str = field(default="auto", metadata={
         "help": "Reference model for the KL term: copy (a frozen copy of the starting policy), adapter (a LoRA "
@@ -111,6 +118,8 @@ class OnlineConfig(SharedConfig, TrainingArguments):
                              f"gradient_accumulation_steps ({self.gradient_accumulation_steps}): a generation "
                              "is used for whole optimizer steps.")
         self.sampling()  # validates the sampling settings
+        if self.generation_backend not in BACKENDS:
+            raise ValueError(f"generation_backend must be one of {BACKENDS}, got {self.generation_backend!r}.")
 
     def sampling(self) -> SamplingConfig:
         extra = self.generation_kwargs or {}

@@ -88,8 +88,9 @@ class PPOTrainer(OnlineTrainer):
             self.kl_ctl.load_state_dict(method_state["kl_ctl"])
             self.score_moments.load_state_dict(method_state["score_moments"])
         while not self.training_finished():
-            # 1. sample one completion per prompt (log-probs and values come from update's own forward)
-            rollout = self.sample(self.next_prompts(), with_logprobs=False)
+            # 1. sample one completion per prompt, with its log-probs and values where generation gives them exactly
+            # (posttrain's backend in float32; dropout off, so the update's train-mode forward would agree)
+            rollout = self.sample(self.next_prompts(), with_logprobs="if_free" if args.disable_dropout else False)
             # 2. score; samples no reward function scores are dropped
             scored = self.score(rollout)
             valid = scored.valid.to(rollout.completion_ids.device)
@@ -133,8 +134,11 @@ class PPOTrainer(OnlineTrainer):
     def update(self, rollout: Rollout, scores: torch.Tensor, stop_at_max_steps: bool = True) -> None:
         args, temperature = self.args, self.args.temperature or 1.0
         mask = rollout.completion_mask.float()
-        with torch.no_grad(), self.accelerator.autocast():
-            logps, values = forward_completion(self.model, rollout, temperature, with_values=True)
+        if rollout.logprobs is not None and rollout.values is not None:  # from generation, exact: no forward
+            logps, values = rollout.logprobs, rollout.values
+        else:
+            with torch.no_grad(), self.accelerator.autocast():
+                logps, values = forward_completion(self.model, rollout, temperature, with_values=True)
         # reference="none" turns the KL penalty off (the policy is its own reference)
         ref_logps = self.reference.completion_logps(self.model, rollout, temperature) if self.reference else logps
         kl = kl_per_token(logps, ref_logps, args.kl_estimator) * mask
