@@ -4,11 +4,14 @@ contract -- report_to, callbacks, evaluation, reward-function keywords -- is in 
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from posttrain import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RLOOConfig, RLOOTrainer, load_model
+from posttrain import load_tokenizer as tokenizer_of
+from posttrain.trainers.online import prefix_sharing_group
 from posttrain.cli import main
 from posttrain.data import toy
 from posttrain.data.tokenize import tokenize_prompt
@@ -438,7 +441,7 @@ def test_prefix_sharing_trains_like_the_unshared_run(tmp_path, tokenizer, cls, c
     assert (shared_weights - params(load_model("tiny:llama", seed=0))).abs().max() > 1e-4  # it did train
 
 
-def test_prefix_sharing_needs_whole_groups():
+def test_prefix_sharing_needs_whole_groups_and_auto_turns_it_on_where_it_can():
     with pytest.raises(ValueError, match="multiple of num_generations"):
         GRPOTrainer("tiny:llama", varied, args=quick(GRPOConfig, num_generations=4, per_device_train_batch_size=6,
                                                      prefix_sharing=True, max_steps=1),
@@ -446,3 +449,14 @@ def test_prefix_sharing_needs_whole_groups():
     with pytest.raises(ValueError, match="prefix_sharing needs groups"):
         PPOTrainer("tiny:llama", varied, args=quick(PPOConfig, prefix_sharing=True, max_steps=1),
                    train_dataset=toy.arithmetic_problems(16, seed=0))
+    with pytest.raises(ValueError, match="'flash_attention_2' attention does not take"):
+        prefix_sharing_group(True, SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2",
+                                                                          is_encoder_decoder=False)), 4, 8)
+    # auto (the default): on where it can be, off where it cannot, never an error
+    auto = dict(max_steps=1, num_generations=4)
+    data = toy.arithmetic_problems(16, seed=0)
+    assert GRPOTrainer("tiny:llama", varied, args=quick(GRPOConfig, **auto), train_dataset=data).shared_group == 4
+    assert GRPOTrainer("tiny:llama", varied, args=quick(GRPOConfig, **auto, per_device_train_batch_size=6),
+                       train_dataset=data).shared_group == 1
+    assert GRPOTrainer(load_model("tiny:llama", attn_implementation="eager"), varied, args=quick(GRPOConfig, **auto),
+                       train_dataset=data, processing_class=tokenizer_of("tiny:llama")).shared_group == 4

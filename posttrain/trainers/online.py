@@ -34,7 +34,7 @@ from ..data.prompts import load_prompts
 from ..data.tokenize import check_tokenizer
 from ..eval.policy import evaluate_policy
 from ..hub import push_folder
-from ..models.loading import add_adapter, disable_dropout, load_model, load_tokenizer
+from ..models.loading import add_adapter, disable_dropout, is_encoder_decoder, load_model, load_tokenizer
 from ..models.reference import online_reference, peft_trunk
 from ..rewards import RewardSet
 from ..rewards.base import score_rollout
@@ -46,6 +46,23 @@ METHOD_STATE_FILE = "method_state.json"
 DEEPSPEED_METHODS = ("grpo",)
 
 
+def prefix_sharing_group(wanted: bool | None, model, group_size: int, micro_batch: int) -> int:
+    """Rows per shared prompt in the policy and reference forwards (1: no sharing). ``wanted`` None (auto) shares
+    wherever it can: groups (GRPO, RLOO), micro-batches of whole groups, a decoder-only model whose attention
+    takes a custom mask (sdpa, eager). True where it cannot is an error that says why."""
+    attention = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    problems = [why for bad, why in [
+        (group_size < 2, "prefix_sharing needs groups (GRPO, RLOO)"),
+        (group_size >= 2 and micro_batch % group_size, f"prefix_sharing needs micro-batches of whole groups: "
+         f"per_device_train_batch_size ({micro_batch}) must be a multiple of num_generations ({group_size})"),
+        (is_encoder_decoder(model), "prefix_sharing is for decoder-only models"),
+        (attention not in ("sdpa", "eager"), f"prefix_sharing needs a custom attention mask, which {attention!r} "
+         "attention does not take; load the model with attn_implementation='sdpa'")] if bad]
+    if wanted and problems:
+        raise ValueError("; ".join(problems) + ". Or set prefix_sharing=False.")
+    return group_size if (wanted or wanted is None) and not problems else 1
+
+
 class OnlineTrainer:
     method = "online"  # the name on the model card
 
@@ -53,12 +70,6 @@ class OnlineTrainer:
                  processing_class=None, callbacks=None, peft_config=None, ref_model=None, rollout_source=None,
                  uses_reference: bool = False, group_size: int = 1, max_steps: int | None = None):
         self.args, self.group_size = args, group_size
-        # with prefix_sharing, the rows of a group stay together in micro-batches and share one prompt forward
-        self.shared_group = group_size if args.prefix_sharing else 1
-        if args.prefix_sharing and (group_size < 2 or args.per_device_train_batch_size % group_size):
-            raise ValueError(f"prefix_sharing needs groups (GRPO, RLOO) and micro-batches of whole groups: "
-                             f"per_device_train_batch_size ({args.per_device_train_batch_size}) must be a multiple of "
-                             f"num_generations ({group_size}).")
         deepspeed = distributed.deepspeed_requested()
         if deepspeed and self.method not in DEEPSPEED_METHODS:  # never a quiet fallback to plain DDP
             raise ValueError(f"{type(self).__name__} runs under DDP or FSDP2; DeepSpeed is supported for the offline "
@@ -84,6 +95,8 @@ class OnlineTrainer:
                                **(args.model_init_kwargs or {}))
         if peft_config is not None:
             model = add_adapter(model, peft_config, args.seed)
+        # with prefix sharing, the rows of a group stay together in micro-batches and share one prompt forward
+        self.shared_group = prefix_sharing_group(args.prefix_sharing, model, group_size, args.per_device_train_batch_size)
         if args.disable_dropout:  # after LoRA: its dropout too would make the two log-probs of the ratio differ
             disable_dropout(model)
         if args.gradient_checkpointing:

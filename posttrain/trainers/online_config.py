@@ -67,12 +67,13 @@ class OnlineConfig(SharedConfig, TrainingArguments):
                 "Not in TRL, which picks as auto does."})
     reward_weights: list[float] | None = field(default=None, metadata={
         "help": "A weight per reward function (default: 1 each); the reward is their weighted sum."})
-    prefix_sharing: bool = field(default=False, metadata={
+    prefix_sharing: bool | None = field(default=None, metadata={
         "help": "GRPO/RLOO (posttrain): compute each prompt once per group in the policy and reference forwards, "
                 "one row prompt + completion_1 + ... + completion_G with a mask that lets each completion see the "
-                "prompt and itself only (the same log-probs; less work when prompts are long). Micro-batches are "
-                "then whole groups: per_device_train_batch_size must be a multiple of num_generations. Needs sdpa "
-                "or eager attention. As DPO's prefix_sharing."})
+                "prompt and itself only (the same log-probs to rounding; less work when prompts are long). Needs "
+                "micro-batches of whole groups (per_device_train_batch_size a multiple of num_generations), a "
+                "decoder-only model and sdpa or eager attention. None (default): on wherever those hold; True: "
+                "an error where they do not; False: off (TRL's computation). As DPO's prefix_sharing."})
     disable_dropout: bool = field(default=True, metadata={
         "help": "Turn dropout off in the policy so sampling-time and update-time log-probs agree. posttrain's "
                 "default is True; TRL's GRPO/RLOO default is False (then the importance ratio is noisy)."})
