@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dpo_memory.py --data long --pairs 8 --max_length 256 --output benchmarks/dpo_memory.md
 	$(PY) benchmarks/logits_memory.py --output benchmarks/logits_memory.md
 	$(PY) benchmarks/online.py --output benchmarks/online.md
+	$(PY) benchmarks/online.py --setting long --output benchmarks/online_long.md
 	$(PY) benchmarks/ppo_memory.py --output benchmarks/ppo_memory.md
 	$(PY) benchmarks/run.py --output BENCHMARKS.md
 

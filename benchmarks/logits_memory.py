@@ -1,6 +1,7 @@
-"""Peak memory and time of answer log-probs with a real-size vocabulary: the output layer run at every
-position (full logits, then select) against only at the positions that predict an answer token
-(``logits_to_keep`` mask, what posttrain does). Each variant runs in a fresh process.
+"""Peak memory and time of the log-probs SFT and DPO train on, with a real-size vocabulary: the output layer
+run at every position (full logits, then select), only at the positions that predict a labelled token
+(``logits_to_keep`` mask; posttrain before chunking), and chunked from the hidden states with the backward
+recomputing each chunk (``_OutputLayerLogps``, what posttrain does now). Each variant runs in a fresh process.
 
     python benchmarks/logits_memory.py --output benchmarks/logits_memory.md
 """
@@ -15,10 +16,12 @@ import sys
 import time
 
 VARIANTS = {"full": "output layer at every position (full logits)",
-            "kept": "output layer only where an answer token is predicted (posttrain)"}
+            "kept": "output layer only where a labelled token is predicted (posttrain before chunking)",
+            "chunked": "... and chunked from the hidden states, recomputed in the backward (posttrain)"}
+TASKS = {"sft": "SFT (every token labelled)", "dpo": "DPO answers (the last {answer} tokens of each row)"}
 
 
-def child(variant: str, vocab: int, batch: int, length: int, prompt: int) -> dict:
+def child(variant: str, task: str, vocab: int, batch: int, length: int, prompt: int) -> dict:
     import torch
     import transformers
 
@@ -26,6 +29,10 @@ def child(variant: str, vocab: int, batch: int, length: int, prompt: int) -> dic
 
     if variant == "full":
         logprobs.takes_logits_to_keep = lambda model: False  # force the full-logits path
+    if variant in ("full", "kept"):
+        logprobs.fusable_output_layer = lambda model: None  # no chunking
+    if task == "sft":
+        prompt = 0
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True)
@@ -35,11 +42,16 @@ def child(variant: str, vocab: int, batch: int, length: int, prompt: int) -> dic
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": answer}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    sums, _ = logprobs.answer_logps(model, inputs)
+    if task == "sft":  # what SFTTrainer.compute_loss runs
+        sums = logprobs.labelled_logps(model, ids, input_ids=ids, attention_mask=inputs["attention_mask"]).logps
+    else:  # what DPO and KTO run (one row per answer)
+        sums, _ = logprobs.answer_logps(model, inputs)
     sums.sum().backward()
     seconds = time.perf_counter() - start
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    return {"variant": variant, "peak_mib": peak, "seconds": seconds, "logp_sum": sums.sum().item()}
+    grad_norm = sum(p.grad.double().norm() ** 2 for p in model.parameters() if p.grad is not None) ** 0.5
+    return {"variant": variant, "task": task, "peak_mib": peak, "seconds": seconds, "logp_sum": sums.sum().item(),
+            "grad_norm": float(grad_norm)}
 
 
 def main() -> None:
@@ -53,30 +65,37 @@ def main() -> None:
     args = parser.parse_args()
     shape = [str(args.vocab), str(args.batch), str(args.length), str(args.prompt)]
     if args.child:
-        print(json.dumps(child(args.child, *map(int, shape))))
+        variant, task = args.child.split(",")
+        print(json.dumps(child(variant, task, *map(int, shape))))
         return
     results = {}
-    for variant in VARIANTS:
-        done = subprocess.run([sys.executable, __file__, "--child", variant, "--vocab", shape[0], "--batch", shape[1],
-                               "--length", shape[2], "--prompt", shape[3]], capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-    full, kept = results["full"], results["kept"]
+    for task in TASKS:
+        for variant in VARIANTS:
+            done = subprocess.run([sys.executable, __file__, "--child", f"{variant},{task}", "--vocab", shape[0],
+                                   "--batch", shape[1], "--length", shape[2], "--prompt", shape[3]],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{variant} {task} failed:\n{done.stderr[-3000:]}")
+            results[task, variant] = json.loads(done.stdout.strip().splitlines()[-1])
     lines = [
-        "## Answer log-probs with a real-size vocabulary",
+        "## Log-probs with a real-size vocabulary: SFT and DPO",
         "",
-        f"Forward + backward of `answer_logps` on a 2-layer Llama with vocabulary {args.vocab}, batch "
-        f"{args.batch} x {args.length} tokens of which {args.prompt} are prompt (CPU, float32, peak resident "
-        f"memory above the loaded model). Command: `python benchmarks/logits_memory.py --output "
-        f"benchmarks/logits_memory.md`.",
+        f"Forward + backward of the log-probs each trainer trains on, on a 2-layer Llama (hidden 64, tied "
+        f"embeddings) with vocabulary {args.vocab}, batch {args.batch} x {args.length} tokens (CPU, float32, peak "
+        f"resident memory above the loaded model, each in a fresh process). SFT labels every token "
+        f"(`labelled_logps`); DPO labels the last {args.length - args.prompt} tokens of each row (`answer_logps`). "
+        f"Command: `python benchmarks/logits_memory.py --output benchmarks/logits_memory.md`.",
         "",
-        "| variant | peak memory (MiB) | time (s) | summed log-prob |",
-        "|---|---:|---:|---:|",
-        *[f"| {VARIANTS[v]} | {r['peak_mib']:.0f} | {r['seconds']:.2f} | {r['logp_sum']:.3f} |" for v, r in results.items()],
+        "| task | variant | peak memory (MiB) | time (s) | summed log-prob | gradient norm |",
+        "|---|---|---:|---:|---:|---:|",
+        *[f"| {TASKS[t].format(answer=args.length - args.prompt)} | {VARIANTS[v]} | {r['peak_mib']:.0f} | "
+          f"{r['seconds']:.2f} | {r['logp_sum']:.3f} | {r['grad_norm']:.6f} |" for (t, v), r in results.items()],
         "",
-        f"Keeping only the answer positions: **{full['peak_mib'] / kept['peak_mib']:.1f}x less memory**, "
-        f"**{full['seconds'] / kept['seconds']:.1f}x faster**, same log-probs.",
+        *[f"- {t.upper()}: chunked uses **{results[t, 'kept']['peak_mib'] / results[t, 'chunked']['peak_mib']:.1f}x less "
+          f"memory** than the kept-positions logits ({results[t, 'full']['peak_mib'] / results[t, 'chunked']['peak_mib']:.1f}x "
+          f"less than full logits) and takes {results[t, 'chunked']['seconds'] / results[t, 'kept']['seconds']:.2f}x "
+          f"the time; the summed log-probs differ by "
+          f"{abs(results[t, 'chunked']['logp_sum'] - results[t, 'kept']['logp_sum']):.1e}." for t in TASKS],
         "",
     ]
     print("\n".join(lines))

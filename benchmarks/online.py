@@ -7,7 +7,11 @@ sampling, beta, optimizer steps per generation batch, fp32 and reward. Warm-up s
 rounds alternate which library goes first; throughput = timed completions / the sum over timed steps
 of each step's fastest round. The settings are written out with the table (``markdown()``).
 
-    python benchmarks/online.py [--steps N] [--warmup W] [--repeats R] [--only grpo,rloo,ppo] [--output F] [--quick]
+    python benchmarks/online.py [--setting short|long] [--steps N] [--warmup W] [--repeats R]
+                                [--only grpo,rloo,ppo] [--output F] [--quick]
+
+``--setting long`` is the shape of real GRPO/RLOO work: ``tiny:llama-50m``, prompts of 256 tokens (PPO: 128),
+64-token completions, G = 8. It also times each phase of a step (``Phases``) on both sides.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ for _k, _v in dict(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_
                    TRANSFORMERS_VERBOSITY="error", HF_DATASETS_DISABLE_PROGRESS_BARS="1").items():
     os.environ.setdefault(_k, _v)  # offline and quiet, before transformers / trl are imported
 
-import argparse, collections, importlib.util, json, shlex, subprocess, sys, tempfile, time  # noqa: E401,E402
+import argparse, collections, contextlib, importlib.util, json, shlex, subprocess, sys, tempfile, time  # noqa: E401,E402
 from dataclasses import dataclass  # noqa: E402
 
 import datasets  # noqa: E402
@@ -41,8 +45,55 @@ transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars b
 MODEL, TOKENIZER, SEED = "tiny:llama-5m", "tiny:llama", 0
 FAMILIES = ("grpo", "rloo", "ppo")
 S = dict(prompts=8, generations=4, max_new_tokens=32, group_lr=1e-6, rloo_beta=0.05,  # GRPO / RLOO
-         ppo_batch=16, ppo_mini_batch=8, ppo_epochs=4, ppo_lr=1e-5, ppo_kl_coef=0.2)  # PPO (TRL 0.11.4's script)
+         ppo_batch=16, ppo_mini_batch=8, ppo_epochs=4, ppo_lr=1e-5, ppo_kl_coef=0.2,  # PPO (TRL 0.11.4's script)
+         group_prompt_tokens=None, ppo_prompt_tokens=None)  # None: the toy arithmetic prompts' own length
+LONG = dict(model="tiny:llama-50m", prompts=2, generations=8, max_new_tokens=64, group_prompt_tokens=256,
+            ppo_prompt_tokens=128, steps=2, warmup=1)
 DEFAULT_STEPS, DEFAULT_WARMUP, QUICK = 8, 2, dict(steps=2, warmup=1, repeats=1)
+
+
+class Phases:
+    """Seconds per phase of a step: ``wrap(obj, name, phase)`` times every call of ``obj.name`` (calls made while
+    another timed call runs count for the outer one only). ``per_step(n)`` = mean seconds per step."""
+
+    def __init__(self):
+        self.seconds, self._depth = collections.defaultdict(float), 0
+
+    def wrap(self, obj, name: str, phase: str) -> None:
+        inner = getattr(obj, name)
+
+        def timed(*a, **kw):
+            if self._depth:
+                return inner(*a, **kw)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                self.seconds[phase] += time.perf_counter() - start
+                self._depth -= 1
+
+        timed.__wrapped__ = inner
+        setattr(obj, name, timed)
+
+    @contextlib.contextmanager
+    def timing(self, phase: str):
+        if self._depth:
+            yield
+            return
+        self._depth += 1
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+            self._depth -= 1
+
+    def per_step(self, total_seconds: float, steps: int) -> dict:
+        """Mean seconds per step of each phase; "backward, optimizer, rest" is what no phase covers."""
+        out = {k: v / steps for k, v in self.seconds.items()}
+        out["backward, optimizer, rest"] = (total_seconds - sum(self.seconds.values())) / steps
+        return out
 LABELS = {"grpo": "GRPO, beta 0, no reference (completions/s)",
           "rloo": f"RLOO, beta {S['rloo_beta']}, frozen-copy reference (completions/s)",
           "ppo": "PPO, value head, frozen-copy reference, vs TRL 0.11.4 (episodes/s)"}
@@ -54,12 +105,27 @@ def distinct_reward(prompts, completions, completion_ids=None, **kwargs):
     return [len(set(ids)) / max(1, len(ids)) for ids in completion_ids]
 
 
-def prompt_rows(n: int, tokenizer) -> tuple[list[dict], int]:
-    """``n`` arithmetic prompts, all of the most common token length (so batches never differ in shape)."""
-    pool = toy.arithmetic_problems(n * 8, seed=SEED)
-    lengths = [len(tokenize_prompt(tokenizer, r["prompt"])) for r in pool]
-    length = collections.Counter(lengths).most_common(1)[0][0]
-    rows = [r for r, k in zip(pool, lengths) if k == length][:n]
+def prompt_rows(n: int, tokenizer, length: int | None = None) -> tuple[list[dict], int]:
+    """``n`` prompts that all have one token length (so batches never differ in shape): toy arithmetic problems
+    of their most common length, or, with ``length``, distinct windows of the shipped corpus of exactly that
+    many tokens (checked by tokenizing them back, as both libraries do)."""
+    if length is None:
+        pool = toy.arithmetic_problems(n * 8, seed=SEED)
+        lengths = [len(tokenize_prompt(tokenizer, r["prompt"])) for r in pool]
+        length = collections.Counter(lengths).most_common(1)[0][0]
+        rows = [r for r, k in zip(pool, lengths) if k == length][:n]
+    else:
+        from importlib import resources
+
+        text = resources.files("posttrain").joinpath("assets/corpus.txt").read_text(encoding="utf-8")
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows, seen, start = [], set(), 0
+        while len(rows) < n and start + length <= len(ids):
+            prompt = tokenizer.decode(ids[start: start + length])
+            start += 97  # overlapping windows, each one distinct
+            if len(tokenize_prompt(tokenizer, prompt)) == length and prompt not in seen:
+                seen.add(prompt)
+                rows.append({"prompt": prompt})
     if len(rows) < n:
         raise RuntimeError(f"only {len(rows)} prompts of {length} tokens; need {n}")
     return rows, length
@@ -70,6 +136,7 @@ class Run:
     seconds: dict  # step -> seconds (timed steps only)
     completions: dict  # step -> completions generated
     tokens: dict  # step -> completion tokens generated
+    phases: dict | None = None  # phase -> mean seconds per step (warm-up included), where timed
 
     @property
     def throughput(self) -> float:
@@ -131,10 +198,23 @@ def run_posttrain(family: str, model_dir: str, rows: list[dict], steps: int, war
             return rollout
 
         trainer.sample = counted_sample
+        phases = Phases()
+        phases.wrap(trainer, "sample", "generation")
+        phases.wrap(trainer, "score", "rewards")
+        if trainer.reference is not None:
+            phases.wrap(trainer.reference, "completion_logps", "reference / old-policy log-probs")
+        module = sys.modules[type(trainer).__module__]
+        forward = "forward_completion" if family == "ppo" else "completion_logps"
+        phases.wrap(module, forward, "policy forwards")
         clock.times[0] = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            setattr(module, forward, getattr(module, forward).__wrapped__)
     stamps = {k // per_generation: t for k, t in clock.times.items() if k % per_generation == 0}
-    return _timed(stamps, counts, tokens, warmup, total, f"posttrain {family}")
+    run = _timed(stamps, counts, tokens, warmup, total, f"posttrain {family}")
+    run.phases = phases.per_step(clock.times[max(clock.times)] - clock.times[0], total)
+    return run
 
 
 def run_trl(family: str, model_dir: str, rows: list[dict], steps: int, warmup: int) -> Run:
@@ -170,9 +250,29 @@ def run_trl(family: str, model_dir: str, rows: list[dict], steps: int, warmup: i
             return out
 
         trainer._generate_and_score_completions = counted
+        phases = Phases()
+        phases.wrap(trainer, "_generate", "generation")
+        phases.wrap(trainer, "_calculate_rewards", "rewards")
+        logps = trainer._get_per_token_logps_and_entropies
+
+        def per_token_logps(*a, **kw):  # sampling-time / reference passes vs the policy's own forwards
+            inside = getattr(trainer, "_scoring", False)
+            with phases.timing("reference / old-policy log-probs" if inside else "policy forwards"):
+                return logps(*a, **kw)
+
+        def scoring(*a, **kw):
+            trainer._scoring = True
+            try:
+                return counted(*a, **kw)
+            finally:
+                trainer._scoring = False
+
+        trainer._get_per_token_logps_and_entropies, trainer._generate_and_score_completions = per_token_logps, scoring
         clock.times[0] = time.perf_counter()
         trainer.train()
-    return _timed(clock.times, counts, tokens, warmup, total, f"TRL {family}")
+    run = _timed(clock.times, counts, tokens, warmup, total, f"TRL {family}")
+    run.phases = phases.per_step(clock.times[max(clock.times)] - clock.times[0], total)
+    return run
 
 
 def run_trl011_ppo(model_dir: str, rows: list[dict], steps: int, warmup: int, python: str) -> Run:
@@ -209,8 +309,8 @@ def fastest(runs: list[Run]) -> float:
 
 def benchmark(families, steps: int, warmup: int, repeats: int, log=print) -> dict:
     tokenizer = load_tokenizer(TOKENIZER)
-    need = max(S["prompts"], S["ppo_batch"]) * (steps + warmup)
-    rows, S["prompt_tokens"] = prompt_rows(max(64, need), tokenizer)  # every prompt's length, checked per step
+    need = max(64, max(S["prompts"], S["ppo_batch"]) * (steps + warmup))
+    prompt_sets = {length: prompt_rows(need, tokenizer, length) for length in {S["group_prompt_tokens"], S["ppo_prompt_tokens"]}}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
@@ -226,6 +326,8 @@ def benchmark(families, steps: int, warmup: int, repeats: int, log=print) -> dic
             except Exception as err:  # no venv (offline, no pip): posttrain's side still runs
                 log(f"  TRL 0.11.4 venv unavailable, PPO TRL side skipped: {err}")
         for family in families:
+            rows, S["prompt_tokens"] = prompt_sets[S["ppo_prompt_tokens" if family == "ppo" else "group_prompt_tokens"]]
+            S[f"{family}_prompt_tokens_used"] = S["prompt_tokens"]  # every prompt's length, checked per step
             runs = {"posttrain": [], "trl": []}
             for r in range(repeats):
                 order = ("posttrain", "trl") if r % 2 == 0 else ("trl", "posttrain")
@@ -300,9 +402,11 @@ Command (took {elapsed / 60:.1f} min; torch threads {torch.get_num_threads()}):
   lambda 0.95, clip 0.2, value clip 0.2, vf_coef 0.1, whitened advantages, no gradient clipping (TRL
   0.11.4's default), frozen-copy reference. TRL 0.11.4's value head keeps its 0.1 dropout.
 - **Where the work differs.** With one optimizer step per batch neither library's GRPO runs a
-  sampling-time log-prob pass (the ratio is 1). posttrain's RLOO runs it (its KL penalty needs the
-  sampling policy's log-probs); posttrain's PPO computes log-probs and values in one pass after
-  sampling.
+  sampling-time log-prob pass (the ratio is 1). RLOO's KL penalty needs the sampling policy's log-probs
+  and PPO needs them and the values: TRL runs a forward for them, posttrain takes them from the
+  generation step (exact in float32, `generation_backend="posttrain"`). posttrain prefills each prompt
+  once per group and computes it once per group in the training forwards (`prefix_sharing`, default on
+  for GRPO/RLOO); with 5-token prompts there is little to save.
 - **Timing.** {warmup} warm-up + {steps} timed steps, {repeats} round(s) per library, alternating which goes
   first. posttrain and TRL {info['trl']}: a step (one generation) runs from the end of the previous one to
   its own last optimizer step
@@ -318,6 +422,65 @@ Command (took {elapsed / 60:.1f} min; torch threads {torch.get_num_threads()}):
 Per run:
 
 {details(results, families)}
+
+Seconds per step by phase (the mean over a run's steps, warm-up included, of its first round):
+
+{phases_table(results, families)}
+"""
+
+
+def phases_table(results: dict, families) -> str:
+    names = ["generation", "rewards", "reference / old-policy log-probs", "policy forwards",
+             "backward, optimizer, rest"]
+    lines = ["| benchmark | library | " + " | ".join(names) + " | step |", "|---|---|" + "---:|" * (len(names) + 1)]
+    for family in families:
+        for library, runs in results[family].items():
+            if not runs or not runs[0].phases:
+                continue
+            phases = runs[0].phases
+            cells = [f"{phases[n]:.2f}" if n in phases else "-" for n in names]
+            lines.append(f"| {family} | {library} | " + " | ".join(cells) + f" | {sum(phases.values()):.2f} |")
+    return "\n".join(lines)
+
+
+def markdown_long(results: dict, families, command: str, steps: int, warmup: int, repeats: int,
+                  elapsed: float) -> str:
+    info, (L, P, G) = bench.machine(), (S["max_new_tokens"], S["prompts"], S["generations"])
+    return f"""## Online RL at the shape of real work: long prompts, G = {G}
+
+The same comparison as above with prompts of {S['group_prompt_tokens']} tokens (PPO: {S['ppo_prompt_tokens']}),
+{L}-token completions, G = {G}, on `{MODEL}` ({info.get('torch', torch.__version__)}, fp32, CPU).
+Command (took {elapsed / 60:.1f} min; torch threads {torch.get_num_threads()}):
+
+```
+{command}
+```
+
+{table(results, families)}
+
+- **Data.** Distinct windows of the shipped corpus (`posttrain/assets/corpus.txt`) of exactly
+  {S['group_prompt_tokens']} tokens (PPO {S['ppo_prompt_tokens']}), checked per step on both sides (completions,
+  completion tokens, prompt tokens). Every completion is exactly {L} tokens (`min_new_tokens`, both sides).
+- **GRPO / RLOO.** {P} prompts x G={G} = {P * G} completions per step, one optimizer step per generation; every
+  other setting as in the short-prompt rows (GRPO beta 0, no reference; RLOO beta {S['rloo_beta']}, frozen-copy
+  reference). posttrain runs its defaults: `generation_backend="posttrain"` (each prompt prefilled once, its KV
+  cache copied to the G rows; RLOO's sampling-time log-probs from the generation step) and `prefix_sharing`
+  (each prompt computed once per group in the policy and reference forwards). TRL prefills and computes every
+  prompt G times.
+- **PPO.** {S['ppo_batch']} episodes per step, mini-batch {S['ppo_mini_batch']}, {S['ppo_epochs']} epochs, as in the
+  short-prompt row. PPO samples one completion per prompt: nothing to share. posttrain takes the log-probs
+  and values from the generation step; the rest of the work is the same on both sides.
+- **Timing.** {warmup} warm-up + {steps} timed steps, {repeats} round(s) per library, alternating who goes first.
+
+Seconds per step by phase (mean over the first round's steps, warm-up included; "backward, optimizer,
+rest" is the step's time outside the named phases; TRL 0.11.4's PPO runs in its own venv and is not
+broken down):
+
+{phases_table(results, families)}
+
+Per run:
+
+{details(results, families)}
 """
 
 
@@ -329,8 +492,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", default=",".join(FAMILIES), help="Comma-separated subset of grpo,rloo,ppo.")
     parser.add_argument("--output", default=None, help="Write the markdown section here (benchmarks/online.md).")
     parser.add_argument("--quick", action="store_true", help="Smoke run: 1 warm-up + 2 timed steps, 1 round.")
+    parser.add_argument("--setting", choices=("short", "long"), default="short",
+                        help="short: tiny:llama-5m, 5-token prompts, 32-token completions, G=4 (the original rows); "
+                             "long: tiny:llama-50m, 256-token prompts (PPO 128), 64-token completions, G=8.")
     args = parser.parse_args(argv)
+    global MODEL
     defaults = QUICK if args.quick else dict(steps=DEFAULT_STEPS, warmup=DEFAULT_WARMUP, repeats=2)
+    if args.setting == "long":
+        MODEL = LONG["model"]
+        S.update({k: v for k, v in LONG.items() if k in S})
+        if not args.quick:
+            defaults = dict(steps=LONG["steps"], warmup=LONG["warmup"], repeats=2)
     steps, warmup, repeats = (defaults[k] if getattr(args, k) is None else getattr(args, k) for k in defaults)
     families = [f.strip() for f in args.only.split(",") if f.strip()]
     if any(f not in FAMILIES for f in families) or not families:
@@ -346,7 +518,8 @@ def main(argv: list[str] | None = None) -> dict:
         shown = argv if argv is not None else sys.argv[1:]
         command = " ".join(["python benchmarks/online.py", *(shlex.quote(a) for a in shown)])
         with open(args.output, "w", encoding="utf-8") as f:
-            f.write(markdown(results, families, command, steps, warmup, repeats, elapsed))
+            write = markdown_long if args.setting == "long" else markdown
+            f.write(write(results, families, command, steps, warmup, repeats, elapsed))
         print(f"wrote {args.output}")
     return results
 

@@ -168,10 +168,12 @@ at the end.
 {_included_section(memory, "DPO peak memory", "python benchmarks/dpo_memory.py --data long --pairs "
                    f"{cfg.BATCH_SIZE} --max_length {cfg.MAX_LENGTH} --output benchmarks/dpo_memory.md"
                    )}{_included_section(
-    os.path.join(os.path.dirname(__file__), "logits_memory.md"), "Answer log-probs with a real-size vocabulary",
+    os.path.join(os.path.dirname(__file__), "logits_memory.md"), "Log-probs with a real-size vocabulary: SFT and DPO",
     "python benchmarks/logits_memory.py --output benchmarks/logits_memory.md")}{_included_section(
     os.path.join(os.path.dirname(__file__), "online.md"), "Online RL: GRPO, RLOO, PPO",
     "python benchmarks/online.py --output benchmarks/online.md")}{_included_section(
+    os.path.join(os.path.dirname(__file__), "online_long.md"), "Online RL at the shape of real work",
+    "python benchmarks/online.py --setting long --output benchmarks/online_long.md")}{_included_section(
     os.path.join(os.path.dirname(__file__), "ppo_memory.md"), "PPO peak memory",
     "python benchmarks/ppo_memory.py --output benchmarks/ppo_memory.md")}
 {method_section}

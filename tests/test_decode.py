@@ -63,11 +63,12 @@ def test_compaction_drops_finished_rows_and_keeps_samples_and_logprobs_exact(tok
     """A model that ends rows early: after compaction the batch shrinks, the tokens are still those generate
     draws from the same seed, and every kept token's log-prob still equals a fresh forward's."""
     model = load_model("tiny:llama", seed=1).eval()
-    def likelier_eos(module, args, output):  # rows end at different lengths (in the fresh forward too)
-        output.logits[..., tokenizer.eos_token_id] += 4.0
-        return output
-
-    model.register_forward_hook(likelier_eos)
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():  # a bias that makes eos likely: rows end at different lengths
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = 4.0
+    model.lm_head = head
     batch_sizes = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: batch_sizes.append(kw["input_ids"].shape[0]),
                                            with_kwargs=True)

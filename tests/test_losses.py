@@ -39,7 +39,7 @@ def test_labelled_logps_runs_the_head_only_where_labels_are_and_matches_full_log
     labels = torch.full_like(ids, -100)
     labels[0, 3:6], labels[1, 6] = ids[0, 3:6], ids[1, 6]  # 4 labelled tokens
     out = labelled_logps(model, labels, input_ids=ids)
-    assert out.logits.shape[0] == 4  # the output layer ran at 4 positions, not 14
+    assert out.logps.shape[0] == 4  # the output layer ran at 4 positions, not 14
     assert out.rows.tolist() == [0, 0, 0, 1] and out.positions.tolist() == [2, 3, 4, 5]
     full = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
     expected = [full[0, 2, ids[0, 3]], full[0, 3, ids[0, 4]], full[0, 4, ids[0, 5]], full[1, 5, ids[1, 6]]]
@@ -118,3 +118,65 @@ def test_group_shared_completion_logps_refuse_what_they_cannot_share():
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="custom attention mask"):
         group_shared_completion_logps(model, rollout, 2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_chunked_output_layer_gives_the_full_logits_values_and_gradients(arch, monkeypatch):
+    """Log-probs from the hidden states through the output layer one chunk at a time (recomputed in the
+    backward) equal log_softmax of the full logits, and so do the gradients of every weight (1e-5, float32):
+    several chunks, temperature 0.7, a bias on the output layer, label sources that repeat a position."""
+    from posttrain import load_model
+    from posttrain.losses import logprobs
+
+    monkeypatch.setattr(logprobs, "CHUNK_BYTES", 4 * 1024 * 5)  # 5 rows of a 1024 vocabulary per chunk
+    model = load_model(f"tiny:{arch}", seed=0)
+    if arch == "qwen2":  # and an output layer with a bias (untied from the embeddings)
+        head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+        with torch.no_grad():
+            head.weight.copy_(model.lm_head.weight)
+            head.bias.normal_()
+        model.lm_head = head
+    assert logprobs.fusable_output_layer(model) is not None
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 500, (3, 11), generator=g)
+    labels = ids.clone()
+    labels[0, :4] = labels[2, 7:] = -100
+    runs = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(logprobs, "fusable_output_layer", lambda model: None)
+        model.zero_grad()
+        kept = (labels[:, 1:] != -100).sum().item()
+        sources = torch.arange(kept)
+        sources[5] = 2  # a position that predicts two labels (as prefix sharing asks)
+        out = logprobs.labelled_logps(model, labels, 0.7, sources=sources, input_ids=ids)
+        (out.logps * torch.linspace(0.5, 2, len(out.logps))).sum().backward()
+        runs[fused] = (out, {n: p.grad.clone() for n, p in model.named_parameters()})
+    (chunked, chunked_grads), (plain, plain_grads) = runs[True], runs[False]
+    assert chunked.logps.shape == plain.logps.shape == (int((labels[:, 1:] != -100).sum()),)
+    assert torch.allclose(chunked.logps, plain.logps, atol=1e-5, rtol=0)
+    assert torch.equal(chunked.predicted, plain.predicted)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(chunked_grads[name], grad, atol=1e-5, rtol=1e-4), name
+    assert chunked.output.logits is chunked.logps  # the model returned the output layer's log-probs as they were
+
+
+def test_chunked_output_layer_is_skipped_where_the_model_transforms_its_logits():
+    from types import SimpleNamespace
+
+    from posttrain.losses.logprobs import fusable_output_layer
+
+    class Model(torch.nn.Module):
+        def __init__(self, **config):
+            super().__init__()
+            self.head, self.config = torch.nn.Linear(4, 8), SimpleNamespace(**config)
+
+        def get_output_embeddings(self):
+            return self.head
+
+    assert fusable_output_layer(Model()) is not None
+    assert fusable_output_layer(Model(final_logit_softcapping=30.0)) is None  # Gemma 2
+    assert fusable_output_layer(Model(logit_scale=0.0625)) is None  # Cohere
+    lora = Model()
+    lora.head = torch.nn.Sequential(torch.nn.Linear(4, 8))  # anything but a plain Linear (LoRA, quantized)
+    assert fusable_output_layer(lora) is None

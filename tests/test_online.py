@@ -215,7 +215,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tokenizer, loss_ty
         config = quick(GRPOConfig, prompts=1, num_generations=4, per_device_train_batch_size=micro,
                        gradient_accumulation_steps=accumulation, steps_per_generation=8 // micro, max_steps=steps,
                        output_dir=str(tmp_path), learning_rate=1e-2, adam_epsilon=1.0, loss_type=loss_type,
-                       max_grad_norm=0.0, bf16=False)  # an fp32 identity: bf16 autocast rounds micro-batches apart
+                       max_grad_norm=0.0, bf16=False,  # an fp32 identity: bf16 autocast rounds micro-batches apart
+                       prefix_sharing=False)  # micro-batches of 2 cannot share; sharing shuffles whole groups
         assert config.completions_per_process() == 8 and config.optimizer_steps_per_generation() == steps
         sampler = PolicySampler(tokenizer, config.sampling(), backend=EosEarly())  # completions of unequal length
         trainer = GRPOTrainer("tiny:llama", varied, args=config, train_dataset=rows, rollout_source=sampler)

@@ -10,8 +10,12 @@ wrapper loads them and overrides, in this process only: the batch (``--batch``),
 
     python benchmarks/gpu/bench.py offline [--sizes 50m,150m] [--batch 32] [--bf16] [--steps 10] [--warmup 2]
                                            [--repeats 2] [--benchmarks sft,sft-packed,reward,dpo,dpo-prefix]
-    python benchmarks/gpu/bench.py online  [--size 50m] [--bf16] [--steps 6] [--warmup 2] [--repeats 2]
-                                           [--only grpo,rloo]
+    python benchmarks/gpu/bench.py online  [--size 50m] [--arch llama] [--bf16] [--steps 6] [--warmup 2]
+                                           [--repeats 2] [--only grpo,rloo] [--setting short|long]
+
+The GPU version of the long-prompt rows (issue 14): a Qwen2-0.5B-shaped trunk in bf16, 256-token prompts, G = 8:
+
+    python benchmarks/gpu/bench.py online --setting long --arch qwen2 --size 500m --bf16 --only grpo,rloo,ppo
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
-EXTRA_SIZES = {"150m": (768, 16, 12, 2048), "300m": (1024, 24, 16, 2816)}
+EXTRA_SIZES = {"150m": (768, 16, 12, 2048), "300m": (1024, 24, 16, 2816),
+               "500m": (896, 24, 14, 4864)}  # Qwen2-0.5B's trunk (with the tiny tokenizer's vocabulary)
 
 
 def _load(name: str, file: str):
@@ -107,6 +112,9 @@ def offline(argv):
 def online(argv):
     p = argparse.ArgumentParser(prog="bench.py online")
     p.add_argument("--size", default="50m")
+    p.add_argument("--arch", default="llama", help="tiny architecture: llama, qwen2, gpt2")
+    p.add_argument("--setting", choices=("short", "long"), default="short",
+                   help="online.py's setting: long = 256-token prompts (PPO 128), 64-token completions, G=8")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
@@ -116,7 +124,9 @@ def online(argv):
     a = p.parse_args(argv)
     _add_sizes()
     mod = _load("posttrain_benchmarks_online", "online.py")
-    mod.MODEL = f"tiny:llama-{a.size}"
+    if a.setting == "long":
+        mod.S.update({k: v for k, v in mod.LONG.items() if k in mod.S})
+    mod.MODEL = f"tiny:{a.arch}-{a.size}"
     if a.bf16:  # both sides' configs are built with bf16=False inside the functions: force it at construction
         import trl
 
@@ -140,7 +150,8 @@ def online(argv):
     if a.output:
         command = "python benchmarks/gpu/bench.py online " + " ".join(argv)
         with open(a.output, "w", encoding="utf-8") as f:
-            f.write(mod.markdown(results, families, command, a.steps, a.warmup, a.repeats, elapsed))
+            write = mod.markdown_long if a.setting == "long" else mod.markdown
+            f.write(write(results, families, command, a.steps, a.warmup, a.repeats, elapsed))
         print(f"wrote {a.output}")
 
 

@@ -9,7 +9,9 @@ extra memory is one chunk, whatever the logits' dtype.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -61,14 +63,94 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     return _SelectiveLogSoftmax.apply(logits, index)
 
 
+class _OutputLayerLogps(torch.autograd.Function):
+    """``log_softmax((hidden @ weight.T + bias) / temperature).gather(targets)`` (and the argmax) without ever
+    holding more than one chunk of logits: the forward keeps only each row's log-normaliser, the backward
+    recomputes each chunk's logits and turns them into the gradients of hidden, weight and bias at once."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature):
+        dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        n, device = hidden.shape[0], hidden.device
+        logps, lse = torch.empty(n, dtype=dtype, device=device), torch.empty(n, dtype=dtype, device=device)
+        argmax = torch.empty(n, dtype=torch.long, device=device)
+        step = _rows_per_chunk(weight.shape[0])
+        for s in range(0, n, step):
+            logits = _chunk_logits(hidden[s: s + step], weight, bias, temperature, dtype)
+            lse[s: s + step] = torch.logsumexp(logits, dim=-1)
+            logps[s: s + step] = logits.gather(-1, targets[s: s + step, None]).squeeze(-1) - lse[s: s + step]
+            argmax[s: s + step] = logits.argmax(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature, ctx.autocast = temperature, _autocast_state(device)
+        ctx.mark_non_differentiable(argmax)
+        return logps, argmax
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_argmax):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if want_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=lse.dtype, device=bias.device) if want_bias else None
+        g = grad_logps.to(lse.dtype)
+        step = _rows_per_chunk(weight.shape[0])
+        with torch.autocast(**ctx.autocast):  # recompute the logits exactly as the forward did
+            for s in range(0, hidden.shape[0], step):
+                h = hidden[s: s + step]
+                logits = _chunk_logits(h, weight, bias, ctx.temperature, lse.dtype)
+                # d logp / d logits = (onehot(target) - softmax) / temperature
+                grad = -torch.exp(logits - lse[s: s + step, None])
+                grad.scatter_add_(-1, targets[s: s + step, None], torch.ones_like(grad[:, :1]))
+                grad = grad * (g[s: s + step, None] / ctx.temperature)
+                if want_hidden:
+                    grad_hidden[s: s + step] = (grad @ weight.to(grad.dtype)).to(hidden.dtype)
+                if want_weight:
+                    grad_weight += grad.T @ h.to(grad.dtype)
+                if want_bias:
+                    grad_bias += grad.sum(0)
+        return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None)
+
+
+def _chunk_logits(hidden, weight, bias, temperature, dtype):
+    logits = torch.nn.functional.linear(hidden, weight, bias).to(dtype)
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _autocast_state(device) -> dict:
+    kind = device.type
+    enabled = torch.is_autocast_enabled(kind)
+    return {"device_type": kind, "enabled": enabled, **({"dtype": torch.get_autocast_dtype(kind)} if enabled else {})}
+
+
+# config fields of architectures whose logits are not the output layer's plain output
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def fusable_output_layer(model):
+    """The model's output layer if its log-probs can be computed chunked from the hidden states (a plain
+    ``nn.Linear`` whose output the model returns as its logits, not under DeepSpeed ZeRO-3), else None."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "pretrained_model", inner)  # a value head
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
+    layer = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    config = getattr(inner, "config", None)
+    if type(layer) is not torch.nn.Linear or hasattr(layer.weight, "ds_id"):  # LoRA'd / quantized head, ZeRO-3
+        return None
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    return layer
+
+
 class LabelledLogps(NamedTuple):
-    """Next-token log-probs at the N positions whose next label is not -100 (row-major order)."""
+    """Next-token log-probs of the N labelled tokens (row-major order) and the model output they came from."""
 
     logps: torch.Tensor  # [N] float32 (float64 for float64 models)
-    rows: torch.Tensor  # [N] batch row of each position
-    positions: torch.Tensor  # [N] position t whose logits predict labels[row, t + 1]
-    logits: torch.Tensor  # [N, V] the logits at those positions
+    rows: torch.Tensor  # [N] batch row of each labelled token's predicting position
+    positions: torch.Tensor  # [N] position t whose hidden state predicts labels[row, t + 1]
     targets: torch.Tensor  # [N] the predicted labels
+    predicted: torch.Tensor  # [N] the argmax token at each predicting position (for token accuracy)
+    output: object  # the model's output (its logits field holds log-probs on the chunked path; values, etc.)
 
 
 def takes_logits_to_keep(model) -> bool:
@@ -78,25 +160,72 @@ def takes_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def labelled_logps(model, labels: torch.Tensor, temperature: float = 1.0, **inputs) -> LabelledLogps:
-    """Run ``model(**inputs)`` and return the log-probs of each labelled next token (of ``logits /
-    temperature``; the returned logits are scaled too).
+def labelled_logps(model, labels: torch.Tensor, temperature: float = 1.0, sources: torch.Tensor | None = None,
+                   **inputs) -> LabelledLogps:
+    """Run ``model(**inputs)`` and return the log-prob of each labelled next token under ``logits / temperature``.
 
-    The output layer runs only at the positions that predict a label (a boolean ``logits_to_keep``
-    mask, which transformers 5 causal LMs accept): prompt and pad positions never get logits, which
-    saves most of the vocabulary projection and its memory when prompts are long or vocabularies big.
+    No full-vocabulary logits are built. The output layer runs only at the positions that predict a label (a
+    boolean ``logits_to_keep`` mask, which transformers 5 causal LMs accept), and where it is a plain linear
+    layer (``fusable_output_layer``) it runs inside ``_OutputLayerLogps``: one chunk of logits at a time,
+    recomputed in the backward. Peak logit memory is one chunk (~64 MiB) whatever the batch and vocabulary.
+    ``sources`` (optional, ``[N]``) says which kept position predicts each label when it is not the one right
+    before it (prefix sharing: a later answer's first token is predicted from the prompt's last position).
     """
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     rows, positions = keep.nonzero(as_tuple=True)
     targets = labels[rows, positions + 1]
-    if takes_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    else:  # older or custom models: full logits, then select
-        logits = model(**inputs, use_cache=False).logits[keep]
+    if not takes_logits_to_keep(model):  # older or custom models: full logits, then select
+        out = model(**inputs, use_cache=False)
+        return _from_logits(out, out.logits[keep], rows, positions, targets, temperature, sources)
+    layer = fusable_output_layer(model)
+    if layer is not None:
+        captured = {}
+        with _chunked_output_layer(layer, targets, temperature, sources, captured):
+            out = model(**inputs, logits_to_keep=keep, use_cache=False)
+        if out.logits is captured.get("logps"):
+            return LabelledLogps(captured["logps"], rows, positions, targets, captured["predicted"], out)
+        _warn_transformed(model)  # the model changed its output layer's result: compute it the plain way
+    out = model(**inputs, logits_to_keep=keep, use_cache=False)
+    return _from_logits(out, out.logits, rows, positions, targets, temperature, sources)
+
+
+def _from_logits(out, logits, rows, positions, targets, temperature, sources) -> LabelledLogps:
+    if sources is not None:
+        logits = logits[sources]
     if temperature != 1.0:
         logits = logits / temperature
-    return LabelledLogps(selective_log_softmax(logits, targets), rows, positions, logits, targets)
+    return LabelledLogps(selective_log_softmax(logits, targets), rows, positions, targets, logits.detach().argmax(-1), out)
+
+
+@contextlib.contextmanager
+def _chunked_output_layer(layer, targets, temperature, sources, captured: dict):
+    """Make ``layer`` return the chunked log-probs of ``targets`` instead of logits, for one forward."""
+
+    def forward(hidden):
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        if sources is not None:
+            hidden = hidden.index_select(0, sources)
+        captured["logps"], captured["predicted"] = _OutputLayerLogps.apply(hidden, layer.weight, layer.bias, targets,
+                                                                          float(temperature))
+        return captured["logps"]
+
+    layer.forward = forward  # an instance attribute: module hooks (FSDP's among them) still run around it
+    try:
+        yield
+    finally:
+        del layer.forward
+
+
+_warned: set = set()
+
+
+def _warn_transformed(model) -> None:
+    name = type(getattr(model, "module", model)).__name__
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(f"{name} transforms its output layer's logits; its log-probs are computed from full logits "
+                      "(more memory), after a wasted forward on this call.", stacklevel=3)
 
 
 def answer_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,18 +251,29 @@ def shared_prefix_token_logps(model, batch: dict) -> torch.Tensor:
     predicted from the prompt's last position (the plain shift would use the chosen answer's last).
     """
     input_ids, segments = batch["input_ids"], batch["segment_ids"]  # 0 prompt, 1 chosen, 2 rejected, -1 pad
-    mask = _shared_prefix_mask(segments, getattr(model.config, "_attn_implementation", None) or "sdpa")
+    mask = _shared_prefix_mask(segments, _attention_kind(model))
     labels = input_ids.masked_fill(segments <= 0, IGNORE_INDEX)
-    out = labelled_logps(model, labels, input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"])
-    # Where each (row, position) landed among the kept positions, to swap in the right predictor.
-    entry = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
-    entry[out.rows, out.positions] = torch.arange(len(out.rows), device=input_ids.device)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    prompt_last, first_rejected = batch["prompt_lengths"] - 1, batch["first_rejected"]
-    fixed = selective_log_softmax(out.logits[entry[rows, prompt_last]], input_ids[rows, first_rejected])
-    logps = out.logps.index_put((entry[rows, first_rejected - 1],), fixed)
-    token_logps = torch.zeros(input_ids.shape, dtype=logps.dtype, device=input_ids.device)
-    return token_logps.index_put((out.rows, out.positions + 1), logps)
+    out = labelled_logps(model, labels, sources=_shared_prefix_sources(labels, segments), input_ids=input_ids,
+                         attention_mask=mask, position_ids=batch["position_ids"])
+    token_logps = torch.zeros(input_ids.shape, dtype=out.logps.dtype, device=input_ids.device)
+    return token_logps.index_put((out.rows, out.positions + 1), out.logps)
+
+
+def _shared_prefix_sources(labels: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """``labelled_logps``'s ``sources`` for a shared-prefix layout (segment 0 the prompt, 1, 2, ... the answers):
+    each labelled token is predicted by the position before it, except the first token of every answer after
+    the first, which is predicted by the prompt's last position."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    rows, positions = keep.nonzero(as_tuple=True)
+    entry = torch.full(labels.shape, -1, dtype=torch.long, device=labels.device)
+    entry[rows, positions] = torch.arange(len(rows), device=labels.device)
+    own, before = segments[rows, positions + 1], segments[rows, positions]
+    later_start = (own > 1) & (own != before)
+    prompt_last = (segments == 0).sum(1) - 1
+    sources = torch.arange(len(rows), device=labels.device)
+    sources[later_start] = entry[rows[later_start], prompt_last[rows[later_start]]]
+    return sources
 
 
 def shared_prefix_pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,6 +282,11 @@ def shared_prefix_pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Te
     token_logps, segments = shared_prefix_token_logps(model, batch), batch["segment_ids"]
     chosen, rejected = segments == 1, segments == 2
     return (token_logps * chosen).sum(-1), (token_logps * rejected).sum(-1), chosen.sum(-1), rejected.sum(-1)
+
+
+def _attention_kind(model) -> str:
+    config = getattr(getattr(model, "module", model), "config", None)  # through DDP
+    return getattr(config, "_attn_implementation", None) or "sdpa"
 
 
 def _shared_prefix_mask(segments: torch.Tensor, attn_implementation: str) -> torch.Tensor:
@@ -233,23 +378,13 @@ def group_shared_completion_logps(model, rollout, group_size: int, temperature: 
     for i, (ids, seg, pos) in enumerate(zip(rows, segments, positions)):
         input_ids[i, :len(ids)], segment_ids[i, :len(seg)], position_ids[i, :len(pos)] = ids, seg, pos
     segment_ids, position_ids = segment_ids.to(device), position_ids.to(device)
-    mask = _shared_prefix_mask(segment_ids, getattr(model.config, "_attn_implementation", None) or "sdpa")
+    mask = _shared_prefix_mask(segment_ids, _attention_kind(model))
     labels = input_ids.masked_fill(segment_ids <= 0, IGNORE_INDEX)
-    out = labelled_logps(model, labels, temperature, input_ids=input_ids, attention_mask=mask,
-                         position_ids=position_ids)
-    # out.logps[i] is predicted by the position before target i; a later completion's first token is predicted
-    # by the prompt's last position instead (as the rejected answer in shared_prefix_token_logps)
-    entry = torch.full(input_ids.shape, -1, dtype=torch.long, device=device)
-    entry[out.rows, out.positions] = torch.arange(len(out.rows), device=device)
-    starts = (segment_ids > 1) & (segment_ids != torch.roll(segment_ids, 1, dims=1))
-    start_rows, start_cols = starts.nonzero(as_tuple=True)
-    prompt_last = (segment_ids == 0).sum(1) - 1
-    fixed = selective_log_softmax(out.logits[entry[start_rows, prompt_last[start_rows]]],
-                                  input_ids[start_rows, start_cols])
-    logps = out.logps.index_put((entry[start_rows, start_cols - 1],), fixed)
+    out = labelled_logps(model, labels, temperature, sources=_shared_prefix_sources(labels, segment_ids),
+                         input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
     owner = torch.cat(owners).to(device)  # tokens in layout order: rows, then positions, as out.rows/positions
-    result = torch.zeros((n, width), dtype=logps.dtype, device=device)
-    return result.index_put((owner[:, 0], owner[:, 1]), logps)
+    result = torch.zeros((n, width), dtype=out.logps.dtype, device=device)
+    return result.index_put((owner[:, 0], owner[:, 1]), out.logps)
 
 
 def _values(out):
@@ -268,17 +403,22 @@ def forward_completion(model, rollout, temperature: float = 1.0, with_values: bo
     same forward pass when the model has a value head.
     """
     inputs = model_inputs(model, rollout)
-    width = rollout.completion_ids.shape[1]
-    if is_encoder_decoder(model):
+    completion, attention = rollout.completion_ids, rollout.completion_attention
+    if is_encoder_decoder(model):  # decoder logits of the completion only (no prompt positions to skip)
         out = model(**inputs, use_cache=False)
         logits, values = out.logits, _values(out)
-    else:
-        out = model(**inputs, logits_to_keep=width + 1, use_cache=False)
-        logits, values = out.logits[:, :-1], _values(out)
-        values = None if values is None else values[:, -width - 1:-1]
-    if temperature != 1.0:
-        logits = logits / temperature
-    logps = selective_log_softmax(logits, rollout.completion_ids) * rollout.completion_attention
+        if temperature != 1.0:
+            logits = logits / temperature
+        logps = selective_log_softmax(logits, completion) * attention
+    else:  # only the positions that predict a completion token reach the output layer, chunked
+        width, prompt_width = completion.shape[1], rollout.prompt_ids.shape[1]
+        labels = torch.full_like(inputs["input_ids"], IGNORE_INDEX)
+        labels[:, prompt_width:] = completion.masked_fill(attention == 0, IGNORE_INDEX)
+        out = labelled_logps(model, labels, temperature, **inputs)
+        logps = torch.zeros(completion.shape, dtype=out.logps.dtype, device=completion.device)
+        logps = logps.index_put((out.rows, out.positions + 1 - prompt_width), out.logps)
+        values = _values(out.output)
+        values = None if values is None else values[:, prompt_width - 1: prompt_width - 1 + width]
     if with_values and values is None:
         raise ValueError("This trainer needs a value head on the policy: wrap it with "
                          "AutoModelForCausalLMWithValueHead (or the seq2seq one).")

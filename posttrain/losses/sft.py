@@ -22,6 +22,9 @@ def sft_loss(logps: torch.Tensor, num_items: torch.Tensor | int | None = None, d
 
 
 @torch.no_grad()
-def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Fraction of positions whose argmax prediction is the target (``logits [N, V]``, ``targets [N]``)."""
-    return logits.argmax(-1).eq(targets).float().mean() if targets.numel() else logits.new_zeros(())
+def token_accuracy(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of positions whose prediction is the target: ``predicted`` the argmax ids ``[N]`` (as
+    ``labelled_logps`` gives them) or logits ``[N, V]``; ``targets [N]``."""
+    if predicted.dim() == 2:
+        predicted = predicted.argmax(-1)
+    return predicted.eq(targets).float().mean() if targets.numel() else torch.zeros((), device=targets.device)

@@ -245,7 +245,7 @@ class SFTTrainer(PostTrainer):
         loss = sft_loss(out.logps, num_items_in_batch, dft=self.args.loss_type == "dft")
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; undo it for a token mean
-        self.record(mean_token_accuracy=token_accuracy(out.logits, out.targets))
+        self.record(mean_token_accuracy=token_accuracy(out.predicted, out.targets))
         mask_or_ids = inputs.get("attention_mask", inputs["input_ids"])
         self.count_tokens(mask_or_ids.sum() if "attention_mask" in inputs else mask_or_ids.numel())
         return (loss, {}) if return_outputs else loss
