@@ -97,11 +97,11 @@ class _OutputLayerLogps(torch.autograd.Function):
         with torch.autocast(**ctx.autocast):  # recompute the logits exactly as the forward did
             for s in range(0, hidden.shape[0], step):
                 h = hidden[s: s + step]
-                logits = _chunk_logits(h, weight, bias, ctx.temperature, lse.dtype)
-                # d logp / d logits = (onehot(target) - softmax) / temperature
-                grad = -torch.exp(logits - lse[s: s + step, None])
+                # d logp / d logits = (onehot(target) - softmax) / temperature, in place: one chunk in memory
+                grad = _chunk_logits(h, weight, bias, ctx.temperature, lse.dtype)
+                grad.sub_(lse[s: s + step, None]).exp_().neg_()
                 grad.scatter_add_(-1, targets[s: s + step, None], torch.ones_like(grad[:, :1]))
-                grad = grad * (g[s: s + step, None] / ctx.temperature)
+                grad.mul_(g[s: s + step, None] / ctx.temperature)
                 if want_hidden:
                     grad_hidden[s: s + step] = (grad @ weight.to(grad.dtype)).to(hidden.dtype)
                 if want_weight:
@@ -114,7 +114,7 @@ class _OutputLayerLogps(torch.autograd.Function):
 
 def _chunk_logits(hidden, weight, bias, temperature, dtype):
     logits = torch.nn.functional.linear(hidden, weight, bias).to(dtype)
-    return logits / temperature if temperature != 1.0 else logits
+    return logits.div_(temperature) if temperature != 1.0 else logits
 
 
 def _autocast_state(device) -> dict:
