@@ -20,7 +20,7 @@ from ..losses.logprobs import forward_completion
 from .batch import Rollout, pad_with_attention
 from .decode import CachedDecode, Generated
 
-BACKENDS = ("posttrain", "transformers")
+BACKENDS = ("posttrain", "transformers", "compiled")
 
 
 @dataclass
@@ -53,7 +53,14 @@ class GenerationBackend(Protocol):
 
 class HFGenerate:
     """transformers' ``generate`` with a fresh GenerationConfig (the model's saved defaults, such as
-    top_k=50, would silently change the sampling distribution that the log-probs describe)."""
+    top_k=50, would silently change the sampling distribution that the log-probs describe).
+
+    ``compiled=True`` (``generation_backend="compiled"``): a static KV cache and transformers' ``torch.compile``
+    of the decoding step (CUDA graphs on a GPU, ``mode="reduce-overhead"``), on every device. Each new batch or
+    length shape compiles again; it pays off only for long runs of one shape (see BENCHMARKS.md)."""
+
+    def __init__(self, compiled: bool = False):
+        self.compiled = compiled
 
     def generate(self, model, prompt_ids, prompt_attention, sampling, tokenizer):
         model = getattr(model, "module", model)
@@ -66,6 +73,10 @@ class HFGenerate:
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
             stop_strings=list(sampling.stop_strings) or None, use_cache=True)
+        if self.compiled:
+            config.cache_implementation = "static"
+            config.compile_config = transformers.CompileConfig()
+            config.compile_config._compile_all_devices = True  # transformers compiles on CUDA only by default
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_attention, generation_config=config,
                              tokenizer=tokenizer if sampling.stop_strings else None)
         return out[:, 1:] if is_encoder_decoder(model) else out[:, prompt_ids.shape[1]:]
@@ -122,12 +133,13 @@ class PolicySampler:
 
 
 def make_backend(backend: GenerationBackend | str | None) -> GenerationBackend:
-    """A backend object from a name (``generation_backend``): posttrain (``CachedDecode``, the default) or
-    transformers (``HFGenerate``); an object with a ``generate`` method is used as it is."""
+    """A backend object from a name (``generation_backend``): posttrain (``CachedDecode``, the default),
+    transformers (``HFGenerate``) or compiled (``HFGenerate(compiled=True)``); an object with a ``generate``
+    method is used as it is."""
     if backend is None or backend == "posttrain":
         return CachedDecode()
-    if backend == "transformers":
-        return HFGenerate()
+    if backend in ("transformers", "compiled"):
+        return HFGenerate(compiled=backend == "compiled")
     if isinstance(backend, str):
         raise ValueError(f"generation_backend must be one of {BACKENDS} (or a GenerationBackend object), got {backend!r}.")
     return backend

@@ -58,8 +58,9 @@ class OnlineConfig(SharedConfig, TrainingArguments):
         "help": "How completions are sampled. posttrain: its own decoding loop (each distinct prompt prefilled once "
                 "and its KV cache copied to the group's G rows; log-probs and values taken from the sampling step "
                 "where they equal a fresh forward, i.e. float32 without autocast; finished rows dropped from the "
-                "batch). transformers: model.generate, then a forward for the log-probs. Both sample from the same "
-                "distribution and draw the same tokens until a batch is compacted. Not in TRL (generate or vLLM)."})
+                "batch). transformers: model.generate, then a forward for the log-probs. compiled: model.generate "
+                "with a static cache and a torch.compile'd decoding step (recompiles for every new shape). posttrain and "
+                "transformers draw the same tokens from the same seed. Not in TRL (generate or vLLM)."})
     # ---- reference and rewards ----------------------------------------------------------------------
     reference: str = field(default="auto", metadata={
         "help": "Reference model for the KL term: copy (a frozen copy of the starting policy), adapter (a LoRA "
