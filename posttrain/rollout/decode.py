@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from transformers import (DynamicCache, LogitsProcessorList, MinNewTokensLengthLogitsProcessor, MinPLogitsWarper,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers.cache_utils import DynamicLayer
 
 from ..losses.logprobs import _values
 from ..models.loading import is_encoder_decoder
@@ -72,6 +73,41 @@ def exact_logprobs_possible(model) -> bool:
             and not torch.is_autocast_enabled(device.type))
 
 
+class ReservedLayer(DynamicLayer):
+    """A ``DynamicLayer`` that writes new keys and values into a buffer reserved for the whole generation instead of
+    concatenating (which copies the entire cache at every token): ``keys``/``values`` are views of its first
+    tokens. Compaction (``batch_select_indices``) copies once, into a fresh buffer at the next token."""
+
+    capacity = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, k = self.get_seq_length(), key_states.shape[-2]
+        buffer = getattr(self, "_buffers", None)
+        if buffer is None or n + k > buffer[0].shape[-2]:
+            shape = (*key_states.shape[:-2], max(n + k, self.capacity), key_states.shape[-1])
+            buffer = (key_states.new_empty(shape), value_states.new_empty(shape[:-1] + value_states.shape[-1:]))
+            if n:
+                buffer[0][..., :n, :], buffer[1][..., :n, :] = self.keys, self.values
+            self._buffers = buffer
+        buffer[0][..., n:n + k, :], buffer[1][..., n:n + k, :] = key_states, value_states
+        self.keys, self.values = buffer[0][..., :n + k, :], buffer[1][..., :n + k, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._buffers = None
+
+
+def reserve(cache, capacity: int) -> None:
+    """Turn the plain dynamic layers of ``cache`` into ``ReservedLayer`` of ``capacity`` tokens (sliding-window and
+    other layer kinds are left as they are)."""
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer:
+            layer.__class__, layer.capacity = ReservedLayer, capacity
+
+
 def cache_keyword(model) -> str:
     """``cache`` (transformers >= 5.24) or ``past_key_values`` (before): the forward's name for the KV cache."""
     inner = getattr(model, "pretrained_model", model)  # a value head passes the keywords on
@@ -105,6 +141,7 @@ class CachedDecode:
                     use_cache=True, logits_to_keep=1, **{cache_kw: cache})
         if len(firsts) < batch:
             cache.batch_select_indices(group)
+        reserve(cache, prompt_length + sampling.max_new_tokens)
         logits, values = out.logits[:, -1].float()[group], _values(out)
         values = None if values is None else values[:, -1].float()[group]
 
