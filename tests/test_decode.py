@@ -135,3 +135,13 @@ def _padded(tokenizer):
 def test_unknown_backend_name_is_refused(tokenizer):
     with pytest.raises(ValueError, match="generation_backend must be one of"):
         PolicySampler(tokenizer, dataclasses.replace(SamplingConfig()), backend="vllm")
+
+
+@pytest.mark.slow
+def test_compiled_backend_samples_the_same_tokens(tokenizer):
+    """generation_backend="compiled" (static cache + torch.compile, minutes on a CPU): the same tokens."""
+    model = load_model("tiny:llama", seed=1).eval()
+    sampling = SamplingConfig(max_new_tokens=6, temperature=0.8)
+    ours = sample("compiled", model, tokenizer, grouped(tokenizer), sampling)
+    theirs = sample(HFGenerate(), model, tokenizer, grouped(tokenizer), sampling)
+    assert torch.equal(ours.completion_ids, theirs.completion_ids)
