@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/logits_memory.py --output benchmarks/logits_memory.md
 	$(PY) benchmarks/online.py --output benchmarks/online.md
 	$(PY) benchmarks/online.py --setting long --output benchmarks/online_long.md
+	$(PY) benchmarks/generation.py --output benchmarks/generation.md
 	$(PY) benchmarks/ppo_memory.py --output benchmarks/ppo_memory.md
 	$(PY) benchmarks/run.py --output BENCHMARKS.md
 

@@ -144,9 +144,11 @@ def markdown(results: list[Result], command: str, repeats: int, elapsed: float,
 Training throughput of posttrain's trainers and TRL's on the same model, data and settings, measured in
 one process by [`benchmarks/run.py`](benchmarks/run.py) (`make bench`). The ratio is posttrain / TRL:
 above 1 means posttrain is faster. DPO peak memory, measured in separate processes by
-[`benchmarks/dpo_memory.py`](benchmarks/dpo_memory.py), follows the throughput results, then the online
-RL trainers (GRPO, RLOO, PPO; `benchmarks/online.py`) and PPO peak memory (`benchmarks/ppo_memory.py`),
-each section with its own command.
+[`benchmarks/dpo_memory.py`](benchmarks/dpo_memory.py), follows the throughput results, then the memory of
+SFT and DPO log-probs with a 152k vocabulary (`benchmarks/logits_memory.py`), the online RL trainers (GRPO,
+RLOO, PPO; `benchmarks/online.py`) with short prompts and at the shape of real work (256-token prompts,
+G = 8, with a profile of one step by phase), the generation backends (`benchmarks/generation.py`) and PPO
+peak memory (`benchmarks/ppo_memory.py`), each section with its own command.
 
 Command (took {elapsed / 60:.1f} min):
 
@@ -174,6 +176,8 @@ at the end.
     "python benchmarks/online.py --output benchmarks/online.md")}{_included_section(
     os.path.join(os.path.dirname(__file__), "online_long.md"), "Online RL at the shape of real work",
     "python benchmarks/online.py --setting long --output benchmarks/online_long.md")}{_included_section(
+    os.path.join(os.path.dirname(__file__), "generation.md"), "Generation backends",
+    "python benchmarks/generation.py --output benchmarks/generation.md")}{_included_section(
     os.path.join(os.path.dirname(__file__), "ppo_memory.md"), "PPO peak memory",
     "python benchmarks/ppo_memory.py --output benchmarks/ppo_memory.md")}
 {method_section}
