@@ -187,4 +187,5 @@ Throughput of each round on its own (timed units / that round's timed seconds); 
 combines the rounds step by step.
 
 {details(results)}
-"""
+{_included_section(os.path.join(os.path.dirname(__file__), "distributed_memory_summary.md"),
+                   "Memory per process: FSDP2 vs DDP", "python benchmarks/distributed_memory.py")}"""
