@@ -145,3 +145,24 @@ def test_compiled_backend_samples_the_same_tokens(tokenizer):
     ours = sample("compiled", model, tokenizer, grouped(tokenizer), sampling)
     theirs = sample(HFGenerate(), model, tokenizer, grouped(tokenizer), sampling)
     assert torch.equal(ours.completion_ids, theirs.completion_ids)
+
+
+def test_fsdp2_mixed_precision_means_generation_logprobs_are_not_exact(tmp_path):
+    """Under an FSDP2 policy that computes in bf16, float32 weights do not make the log-probs exact."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from posttrain.rollout.decode import exact_logprobs_possible
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        plain = load_model("tiny:llama", seed=1)
+        cast = fully_shard(load_model("tiny:llama", seed=1), mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16))
+        full = fully_shard(load_model("tiny:llama", seed=1))
+        assert exact_logprobs_possible(plain) and exact_logprobs_possible(full)
+        assert not exact_logprobs_possible(cast)
+    finally:
+        if started:
+            dist.destroy_process_group()

@@ -67,10 +67,14 @@ def logits_processors(sampling, prompt_length: int, eos_id: int) -> LogitsProces
 
 
 def exact_logprobs_possible(model) -> bool:
-    """Whether sampling-time log-probs equal a fresh forward's to float32 rounding: float32 weights, no autocast."""
+    """Whether sampling-time log-probs equal a fresh forward's to float32 rounding: float32 weights, computed in
+    float32 (no autocast, no FSDP2 mixed-precision policy casting them down)."""
+    from ..distributed import fsdp_modules
+
     device = next(model.parameters()).device
+    cast = [getattr(getattr(m._get_fsdp_state(), "_mp_policy", None), "param_dtype", None) for m in fsdp_modules(model)]
     return (all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
-            and not torch.is_autocast_enabled(device.type))
+            and not torch.is_autocast_enabled(device.type) and all(d in (None, torch.float32) for d in cast))
 
 
 class ReservedLayer(DynamicLayer):
