@@ -83,21 +83,26 @@ def _read_config(parser, classes, path: str, command: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(prog="posttrain", description="Post-train transformer language models.")
-    top.add_argument("command", choices=[*COMMANDS, "demo"], help="; ".join(
-        [f"{k}: {v[3]}" for k, v in COMMANDS.items()] + ["demo: the offline end-to-end pipeline"]))
+    top.add_argument("command", choices=[*COMMANDS, "demo", "judge"], help="; ".join(
+        [f"{k}: {v[3]}" for k, v in COMMANDS.items()] + ["demo: the offline end-to-end pipeline",
+                                                          "judge: win rates and ratings of models by a judge"]))
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
     command, rest = argv[0], argv[1:]
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # reward/environment import specs find the user's modules, as with python -m
-    if command not in COMMANDS and command != "demo":
-        top.error(f"unknown command {command!r}; choose from {[*COMMANDS, 'demo']}")
+    if command not in COMMANDS and command not in ("demo", "judge"):
+        top.error(f"unknown command {command!r}; choose from {[*COMMANDS, 'demo', 'judge']}")
     try:
         if command == "demo":
             from .demo import main as demo_main
 
             return demo_main(rest)
+        if command == "judge":
+            from .eval.judges import judge_main
+
+            return judge_main(rest)
         model_args, data_args, config = _parse(command, rest)
         start = time.perf_counter()
         trainer = run_training(command, model_args, data_args, config)
