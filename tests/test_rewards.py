@@ -99,7 +99,7 @@ def test_resolve_builtin_and_import_specs(tmp_path, monkeypatch):
     assert resolve_reward("length:20").target == 20
     assert resolve_reward(r"regex:^\d+").pattern.pattern == r"^\d+"
     assert resolve_reward("regex:a:b").pattern.pattern == "a:b"
-    assert set(BUILTIN_REWARDS) == {"sentiment", "length", "regex", "arithmetic", "final_answer"}
+    assert set(BUILTIN_REWARDS) == {"sentiment", "toxicity", "non_toxic", "length", "regex", "arithmetic", "final_answer"}
     (tmp_path / "my_rewards_mod.py").write_text(
         "def shout(completions, **kwargs):\n    return [float(c.isupper()) for c in completions]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -287,3 +287,33 @@ def test_every_builtin_scores_message_completions_like_their_text(name):
     assert len(set(plain)) > 1  # the texts differ in score, so a wrong text would show
     result = RewardSet([spec])(chats, as_messages, **columns)
     assert result.per_function[name].tolist() == pytest.approx(plain)
+
+
+def test_toxicity_rewards_score_offensive_text_high_and_clean_text_low():
+    pytest.importorskip("profanity_check")  # posttrain[toxicity]
+    from posttrain.rewards import non_toxic, resolve_reward, toxicity
+
+    texts = ["have a lovely day", "you are a stupid idiot", "the weather is nice", "damn this shit"]
+    scores = toxicity(prompts=[""] * 4, completions=texts)
+    assert scores[1] > 0.9 and scores[3] > 0.9 and scores[0] < 0.2 and scores[2] < 0.2
+    assert non_toxic(prompts=[""] * 4, completions=texts) == pytest.approx([1 - s for s in scores])
+    assert resolve_reward("non_toxic") is non_toxic
+    messages = [[{"role": "assistant", "content": t}] for t in texts]  # TRL's conversational completions
+    assert toxicity(prompts=[""] * 4, completions=messages) == pytest.approx(scores)
+
+
+def test_toxicity_reward_without_the_classifier_says_how_to_install_it(monkeypatch):
+    import builtins
+
+    from posttrain.rewards import toxicity
+
+    real_import = builtins.__import__
+
+    def no_classifier(name, *args, **kwargs):
+        if name == "profanity_check":
+            raise ImportError("No module named 'profanity_check'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_classifier)
+    with pytest.raises(ImportError, match=r"pip install 'posttrain\[toxicity\]'"):
+        toxicity(prompts=["x"], completions=["y"])

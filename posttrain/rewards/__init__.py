@@ -6,8 +6,9 @@ Reward functions are called with keywords, TRL-style:
 """
 
 from .base import RewardError, RewardResult, RewardSet, completion_text, resolve_reward, reward_name
-from .builtin import BUILTIN_REWARDS, arithmetic, final_answer, length, regex, sentiment
+from .builtin import BUILTIN_REWARDS, arithmetic, final_answer, length, non_toxic, regex, sentiment, toxicity
 from .model import RewardModelScorer
 
 __all__ = ["BUILTIN_REWARDS", "RewardError", "RewardModelScorer", "RewardResult", "RewardSet", "arithmetic",
-           "completion_text", "final_answer", "length", "regex", "resolve_reward", "reward_name", "sentiment"]
+           "completion_text", "final_answer", "length", "non_toxic", "regex", "resolve_reward", "reward_name", "sentiment",
+           "toxicity"]

@@ -1,4 +1,5 @@
-"""Built-in reward functions: sentiment (VADER), length, regex, arithmetic.
+"""Built-in reward functions: sentiment (VADER), toxicity (a trained offensive-language classifier), length,
+regex, arithmetic.
 
 Each follows the contract in :mod:`posttrain.rewards.base`: called with keywords
 (``fn(prompts=..., completions=..., completion_ids=..., **columns)``, TRL-style), it returns one
@@ -31,6 +32,28 @@ def sentiment(prompts, completions, **kwargs) -> list[float]:
     """VADER compound sentiment of each completion, in [-1, 1] (positive text scores > 0)."""
     analyzer = _analyzer()
     return [float(analyzer.polarity_scores(completion_text(c))["compound"]) for c in completions]
+
+
+def _toxicity_model():
+    try:
+        from profanity_check import predict_prob
+    except ImportError as err:
+        raise ImportError("The 'toxicity' and 'non_toxic' rewards need the alt-profanity-check classifier (a linear "
+                          "SVM trained on about 200k human-labelled comments; its weights ship in the package): "
+                          "pip install 'posttrain[toxicity]'") from err
+    return predict_prob
+
+
+def toxicity(prompts, completions, **kwargs) -> list[float]:
+    """Probability that the completion is offensive, in [0, 1] (alt-profanity-check's classifier)."""
+    predict = _toxicity_model()
+    texts = [completion_text(c) for c in completions]
+    return [float(p) for p in predict(texts)] if texts else []
+
+
+def non_toxic(prompts, completions, **kwargs) -> list[float]:
+    """``1 - toxicity``: the reward for detoxification."""
+    return [1.0 - p for p in toxicity(prompts, completions)]
 
 
 class length:
@@ -123,6 +146,8 @@ def _first_integer_matches(texts, answer, name: str) -> list[float | None]:
 # name -> one-line help (the CLI prints this table)
 BUILTIN_REWARDS = {
     "sentiment": "VADER compound sentiment of the completion, in [-1, 1] (needs vaderSentiment).",
+    "toxicity": "probability the completion is offensive, in [0, 1] (alt-profanity-check; posttrain[toxicity]).",
+    "non_toxic": "1 - toxicity: the detoxification reward (posttrain[toxicity]).",
     "length": "length:N -- 1 - |completion tokens - N| / N, clipped at 0.",
     "regex": "regex:PATTERN -- 1 if the completion matches PATTERN (re.search), else 0.",
     "arithmetic": "1 if the first integer in the completion equals the 'answer' column, else 0.",
@@ -134,7 +159,8 @@ def make_builtin(name: str, arg: str | None):
     """The built-in reward ``name`` built with ``arg`` (the text after ':'), or None if ``name`` is not one."""
     if name not in BUILTIN_REWARDS:
         return None
-    plain = {"sentiment": sentiment, "arithmetic": arithmetic, "final_answer": final_answer}
+    plain = {"sentiment": sentiment, "arithmetic": arithmetic, "final_answer": final_answer, "toxicity": toxicity,
+             "non_toxic": non_toxic}
     if name in plain:
         if arg is not None:
             raise ValueError(f"The {name!r} reward takes no argument; use {name!r}, not {name + ':' + arg!r}.")
