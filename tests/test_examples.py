@@ -14,3 +14,23 @@ def test_tool_use_example_raises_held_out_accuracy(tmp_path):
     assert result["held_out"] >= 50
     assert after["sampled"] - before["sampled"] >= 0.3 and after["greedy"] - before["greedy"] >= 0.25
     assert "<call>calculator(" in result["example"] and "<result>" in result["example"]
+
+
+def test_detox_example_halves_the_toxicity_rate_within_a_kl_bound(tmp_path):
+    """examples/detox.py as shipped: GRPO against the non_toxic reward (alt-profanity-check) at least halves the
+    held-out rate of completions the classifier flags, with KL to the SFT model at most 3 nats per completion."""
+    import pytest
+
+    pytest.importorskip("profanity_check")  # posttrain[toxicity]
+    from posttrain.data import toy
+    from posttrain.rewards import toxicity
+
+    assert min(toxicity(prompts=[""] * len(toy.RUDE), completions=[" " + r for r in toy.RUDE])) > 0.9  # the corpus
+    result = load_example("detox").run(str(tmp_path))
+    before, after = result["before"], result["after"]
+    print(f"\nflagged toxic on {result['held_out']} held-out completions: {before['rate']:.3f} after SFT -> "
+          f"{after['rate']:.3f} after GRPO; KL {after['kl_sum']:.2f} nats per completion\n"
+          + "\n".join(after["samples"]))
+    assert before["rate"] >= 0.3
+    assert after["rate"] <= before["rate"] / 2
+    assert 0 < after["kl_sum"] <= 3.0

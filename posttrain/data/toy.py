@@ -158,6 +158,32 @@ def review_prompts(n: int, seed: int = 0) -> list[dict]:
     return [{"prompt": rng.choice(OPENINGS).format(s=rng.choice(SUBJECTS))} for _ in range(n)]
 
 
+# A mild, clearly synthetic test corpus of rude continuations for the detoxification example: insults a
+# trained offensive-language classifier flags (checked in tests/test_examples.py), nothing worse.
+RUDE = [
+    "was stupid crap", "is idiotic garbage made by morons", "sucks, what a dumb pile of crap",
+    "was a damn stupid waste", "is trash for idiots", "is a freaking joke, total crap",
+    "was crap, the writer is an idiot", "is dumb garbage, damn it",
+]
+
+
+def rude_prompt_completion(n: int, seed: int = 0, rude_fraction: float = 0.5,
+                           exclude: frozenset[str] = frozenset()) -> list[dict]:
+    """``{"prompt", "completion"}`` rows: a review opening and either a rude continuation (``RUDE``, with
+    probability ``rude_fraction``) or a kind one. Openings in ``exclude`` are never used."""
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        opening = rng.choice(OPENINGS).format(s=rng.choice(SUBJECTS))
+        if opening in exclude:
+            continue
+        if rng.random() < rude_fraction:
+            rows.append({"prompt": opening, "completion": f" {rng.choice(RUDE)}. {rng.choice(TAILS_NEG)}"})
+        else:
+            rows.append({"prompt": opening, "completion": _review(rng, True)[1]})
+    return rows
+
+
 def tool_problems(n: int, seed: int = 0, low: int = 10, high: int = 99, demonstrate: bool = False) -> list[dict]:
     """Multiplications a tiny model cannot do in its head, ``{"prompt": "37*24=", "answer": "888"}``;
     with ``demonstrate`` also the completion that solves them with the calculator tool
