@@ -276,6 +276,8 @@ def test_completion_text():
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_REWARDS))
 def test_every_builtin_scores_message_completions_like_their_text(name):
+    if name in ("toxicity", "non_toxic"):
+        pytest.importorskip("profanity_check")  # the optional posttrain[toxicity]
     spec = {"length": "length:3", "regex": r"regex:\d+"}.get(name, name)
     texts = [f" {toy.POSITIVE[0]}. 42 it is", f" {toy.NEGATIVE[0]}.", "<call>c(6*7)</call><result>42</result>42", "-3"]
     as_messages = [[{"role": "assistant", "content": t}] for t in texts]
