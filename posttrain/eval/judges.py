@@ -45,7 +45,27 @@ class BasePairwiseJudge:
         return first if return_scores else [0 if p > 0.5 else 1 if p < 0.5 else -1 for p in first]
 
 
-class RuleJudge(BasePairwiseJudge):
+def _outcome(p: float) -> float:
+    """A hard verdict from p(first is better): 1 a win, 0 a loss, 0.5 a tie."""
+    return 1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5
+
+
+class _PointwiseJudge(BasePairwiseJudge):
+    """A judge that scores each completion alone (``score``); a pair's probability is ``prefer(first, second)``."""
+
+    def score(self, prompts: list, completions: list) -> list[float]:
+        raise NotImplementedError
+
+    @staticmethod
+    def prefer(first: float, second: float) -> float:
+        raise NotImplementedError
+
+    def scores(self, prompts, pairs):
+        a, b = self.score(prompts, [p[0] for p in pairs]), self.score(prompts, [p[1] for p in pairs])
+        return [self.prefer(x, y) for x, y in zip(a, b)]
+
+
+class RuleJudge(_PointwiseJudge):
     """A rule ``fn(prompt, completion) -> float`` (higher is better), or with ``batched=True`` a reward function
     ``fn(prompts=..., completions=...) -> list`` (any built-in reward, e.g. ``sentiment``). ``score`` is
     pointwise; a pair's probability is 1, 0 or 0.5 (a tie, which ``judge`` reports as -1)."""
@@ -58,12 +78,12 @@ class RuleJudge(BasePairwiseJudge):
             return [float(v) for v in self.fn(prompts=list(prompts), completions=list(completions))]
         return [float(self.fn(p, c)) for p, c in zip(prompts, completions)]
 
-    def scores(self, prompts, pairs):
-        a, b = self.score(prompts, [p[0] for p in pairs]), self.score(prompts, [p[1] for p in pairs])
-        return [1.0 if x > y else 0.0 if x < y else 0.5 for x, y in zip(a, b)]
+    @staticmethod
+    def prefer(first, second):
+        return 1.0 if first > second else 0.0 if first < second else 0.5
 
 
-class RewardModelJudge(BasePairwiseJudge):
+class RewardModelJudge(_PointwiseJudge):
     """A reward model (a directory or a loaded sequence classifier with its tokenizer): ``score`` is its scalar,
     a pair's probability ``sigmoid(r_first - r_second)``."""
 
@@ -73,9 +93,9 @@ class RewardModelJudge(BasePairwiseJudge):
     def score(self, prompts: list, completions: list) -> list[float]:
         return self.scorer(prompts, completions)
 
-    def scores(self, prompts, pairs):
-        a, b = self.score(prompts, [p[0] for p in pairs]), self.score(prompts, [p[1] for p in pairs])
-        return [1.0 / (1.0 + math.exp(y - x)) for x, y in zip(a, b)]
+    @staticmethod
+    def prefer(first, second):
+        return 1.0 / (1.0 + math.exp(second - first))
 
 
 DEFAULT_TEMPLATE = ("Which answer to the question is better?\nQuestion: {prompt}\nAnswer A: {first}\n"
@@ -215,13 +235,13 @@ def compare_models(completions: dict, prompts: list, judge: BasePairwiseJudge, b
             pairs = [[x, y] for x, y in zip(completions[names[a]], completions[names[b]])]
             scores = judge.judge(prompts, pairs, shuffle_order=True, return_scores=True, seed=seed + a * 31 + b)
             verdicts[names[a], names[b]] = scores
-            comparisons += [(a, b, 1.0 if s > 0.5 else 0.0 if s < 0.5 else 0.5) for s in scores]
+            comparisons += [(a, b, _outcome(s)) for s in scores]
     rates = {}
     for name in names:
         if name == baseline:
             continue
         scores = verdicts.get((name, baseline)) or [1 - s for s in verdicts[baseline, name]]
-        rates[name] = win_rate([1.0 if s > 0.5 else 0.0 if s < 0.5 else 0.5 for s in scores])
+        rates[name] = win_rate([_outcome(s) for s in scores])
     ratings = bradley_terry(comparisons, len(names))
     intervals = rating_intervals(comparisons, len(names), seed=seed)
     rated = {n: (r, lo, hi) for n, r, (lo, hi) in zip(names, ratings, intervals)}

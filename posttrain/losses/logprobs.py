@@ -171,9 +171,7 @@ def labelled_logps(model, labels: torch.Tensor, temperature: float = 1.0, source
     ``sources`` (optional, ``[N]``) says which kept position predicts each label when it is not the one right
     before it (prefix sharing: a later answer's first token is predicted from the prompt's last position).
     """
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    rows, positions = keep.nonzero(as_tuple=True)
+    keep, rows, positions = _predicting_positions(labels)
     targets = labels[rows, positions + 1]
     if not takes_logits_to_keep(model):  # older or custom models: full logits, then select
         out = model(**inputs, use_cache=False)
@@ -188,6 +186,15 @@ def labelled_logps(model, labels: torch.Tensor, temperature: float = 1.0, source
         _warn_transformed(model)  # the model changed its output layer's result: compute it the plain way
     out = model(**inputs, logits_to_keep=keep, use_cache=False)
     return _from_logits(out, out.logits, rows, positions, targets, temperature, sources)
+
+
+def _predicting_positions(labels: torch.Tensor):
+    """``(keep, rows, positions)``: the positions whose next label is not -100, as a mask and row-major indices
+    (the order of ``LabelledLogps``)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    rows, positions = keep.nonzero(as_tuple=True)
+    return keep, rows, positions
 
 
 def _from_logits(out, logits, rows, positions, targets, temperature, sources) -> LabelledLogps:
@@ -263,9 +270,7 @@ def _shared_prefix_sources(labels: torch.Tensor, segments: torch.Tensor) -> torc
     """``labelled_logps``'s ``sources`` for a shared-prefix layout (segment 0 the prompt, 1, 2, ... the answers):
     each labelled token is predicted by the position before it, except the first token of every answer after
     the first, which is predicted by the prompt's last position."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    rows, positions = keep.nonzero(as_tuple=True)
+    _, rows, positions = _predicting_positions(labels)
     entry = torch.full(labels.shape, -1, dtype=torch.long, device=labels.device)
     entry[rows, positions] = torch.arange(len(rows), device=labels.device)
     own, before = segments[rows, positions + 1], segments[rows, positions]
