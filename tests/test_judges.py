@@ -154,3 +154,198 @@ def test_posttrain_judge_command_writes_win_rates_ratings_and_a_plot(tmp_path, c
     assert "win rate vs base" in printed
     with pytest.raises(SystemExit):
         main(["judge", "--models", str(tmp_path / "m0"), "--prompts", str(prompts), "--judge", "judge_rules:chars"])
+
+
+# ---- the API judge: a fake OpenAI-compatible server on 127.0.0.1 and injected transports (no network) ----------
+
+# canned top log-probs of the first token, by which answer is shown first (a position bias: "A" is favoured)
+FIRST_SHOWN = {"good": {"A": -0.2, "B": -1.9, "C": -4.0}, "bad": {"A": -1.5, " B": -0.4, "Z": -3.0}}
+
+
+def _softmax_first(logprobs):
+    a, b = logprobs.get("A", logprobs.get(" A")), logprobs.get("B", logprobs.get(" B"))
+    return math.exp(a) / (math.exp(a) + math.exp(b))
+
+
+def _chat_response(top=None, text="A"):
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length",
+              "logprobs": None}
+    if top is not None:
+        best = max(top, key=top.get)
+        choice["logprobs"] = {"content": [{"token": best, "logprob": top[best], "top_logprobs": [
+            {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top.items()]}]}
+    return {"id": "chatcmpl-1", "object": "chat.completion", "choices": [choice]}
+
+
+@pytest.fixture(scope="module")
+def fake_api():
+    """A chat-completions server: the verdict depends on the answer shown first; the model name picks a failure."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, dict(self.headers), payload))
+            model, status = payload["model"], 200
+            if model == "boom":  # echoes the credential, which the error must not repeat
+                status, body = 500, {"error": {"message": f"boom for {self.headers.get('Authorization')}"}}
+            elif model == "malformed":
+                body = {"id": "x", "object": "chat.completion"}
+            elif model == "text-only":
+                body = _chat_response(None, text=" B")
+            elif model == "slow":
+                time.sleep(0.6)
+                body = _chat_response(None)
+            else:
+                user = payload["messages"][-1]["content"]
+                first = "good" if "Answer A: good" in user else "bad"
+                body = _chat_response(FIRST_SHOWN[first])
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):  # the "slow" client hangs up: not a test failure
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_api_judge_reads_the_verdict_from_the_top_logprobs_in_both_orders(fake_api, monkeypatch):
+    from posttrain.eval.api_judge import APIJudge
+
+    base_url, seen = fake_api
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456")
+    prompts, pairs = ["Pick one.", "And again."], [["good", "bad"], ["bad", "good"]]
+    judge = APIJudge("judge-model", base_url=base_url, max_workers=4)
+    assert judge.url == base_url + "/chat/completions"
+    p, q = _softmax_first(FIRST_SHOWN["good"]), _softmax_first(FIRST_SHOWN["bad"])  # p(first) shown each way
+    assert judge.first_probability(prompts, pairs) == pytest.approx([p, q], abs=1e-12)
+    del seen[:]
+    got = judge.judge(prompts, pairs, shuffle_order=False, return_scores=True)
+    assert got == pytest.approx([(p + 1 - q) / 2, (q + 1 - p) / 2], abs=1e-12)  # position-swap average
+    assert got[0] + got[1] == pytest.approx(1.0) and got[0] > 0.5
+    assert judge.judge(prompts, pairs, shuffle_order=True, seed=1) == [0, 1]
+    assert judge.num_requests == 2 + 4 + 4
+    path, headers, payload = seen[0]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test-123456"
+    assert headers["Content-Type"] == "application/json"
+    assert payload["model"] == "judge-model" and payload["max_tokens"] == 1 and payload["logprobs"] is True
+    assert payload["top_logprobs"] == 20 and payload["temperature"] == 0
+    assert payload["messages"] == [{"role": "user", "content": payload["messages"][-1]["content"]}]
+    asked = sorted(s[2]["messages"][-1]["content"].split("\n")[1] for s in seen[:4])  # requests run in parallel
+    assert asked == ["Question: And again."] * 2 + ["Question: Pick one."] * 2
+    shown_first = sorted("Answer A: good" in s[2]["messages"][-1]["content"] for s in seen[:4])
+    assert shown_first == [False, False, True, True]  # every pair asked both ways
+    one_order = APIJudge("judge-model", base_url=base_url, swap=False, max_workers=1)
+    assert one_order.judge(prompts, pairs, shuffle_order=False, return_scores=True) == pytest.approx([p, q])
+    monkeypatch.delenv("OPENAI_API_KEY")
+    del seen[:]
+    one_order.first_probability(prompts[:1], pairs[:1])
+    assert "Authorization" not in seen[0][1]  # no key in the environment: none sent
+
+
+def test_api_judge_errors_name_the_url_and_never_the_key(fake_api, monkeypatch):
+    from posttrain.eval.api_judge import APIJudge
+
+    base_url, _ = fake_api
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-secret-987654")
+    url = base_url + "/chat/completions"
+    with pytest.raises(RuntimeError, match="HTTP 500") as err:
+        APIJudge("boom", base_url=base_url, api_key_env="MY_JUDGE_KEY").judge(["q"], [["a", "b"]])
+    message = str(err.value)
+    assert url in message and "sk-secret-987654" not in message and "\n" not in message
+    with pytest.raises(RuntimeError, match="malformed.*no 'choices' list") as err:
+        APIJudge("malformed", base_url=base_url).judge(["q"], [["a", "b"]])
+    assert url in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(RuntimeError, match="no response within the 0.2 s timeout"):
+        APIJudge("slow", base_url=base_url, timeout=0.2, swap=False).judge(["q"], [["a", "b"]])
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    with pytest.raises(RuntimeError, match=f"POST {closed}/chat/completions failed"):
+        APIJudge("m", base_url=closed, swap=False).judge(["q"], [["a", "b"]])
+
+
+def test_api_judge_falls_back_to_the_reply_text_without_logprobs(fake_api):
+    from posttrain.eval.api_judge import APIJudge
+
+    base_url, _ = fake_api
+    judge = APIJudge("text-only", base_url=base_url, swap=False)  # replies " B": the second is better, hard
+    assert judge.judge(["q", "r"], [["a", "b"], ["c", "d"]], shuffle_order=False, return_scores=True) == [0.0, 0.0]
+    assert APIJudge("text-only", base_url=base_url).judge(["q"], [["a", "b"]], return_scores=True) == [0.5]
+    read = APIJudge("m", transport=lambda *a: None).read_verdict
+    assert read(_chat_response(None, text="A")) == 1.0 and read(_chat_response(None, text="neither")) == 0.5
+    assert read(_chat_response({"Hmm": -0.1, "Well": -2.0}, text="Hmm")) == 0.5  # neither choice in the top
+    assert read(_chat_response({"A": -0.3}, text="A")) == 1.0  # B not in the top: probability 0
+    both = read(_chat_response({"A": -1.0, " A": -1.0, "B": -1.0}))  # "A" and " A" are one choice: 2/3
+    assert both == pytest.approx(2 / 3)
+    legacy = {"choices": [{"text": "B", "logprobs": {"tokens": ["B"], "top_logprobs": [{"B": -0.5, "A": -1.0}]}}]}
+    assert read(legacy) == pytest.approx(1 / (1 + math.exp(0.5)))
+    for bad, what in [({"choices": [{"logprobs": {"content": [{"top_logprobs": "x"}]}}]}, "'logprobs' is neither"),
+                      ({"choices": [{"message": {"content": None}}]}, "neither 'logprobs' nor a reply text"),
+                      ({"error": {"message": "quota"}}, "no 'choices' list.*error: quota"), ([], "no 'choices'")]:
+        with pytest.raises(RuntimeError, match=what):
+            read(bad)
+
+
+def test_api_judge_with_an_injected_transport_trl_arguments_and_max_requests(monkeypatch):
+    from posttrain.eval.api_judge import APIJudge, OpenAIPairwiseJudge
+    from posttrain.eval.judges import make_judge
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    calls = []
+
+    def transport(url, payload, headers):  # prefers the longer answer, whichever label it has
+        calls.append((url, payload, headers))
+        user = payload["messages"][-1]["content"]
+        first, second = user.split('"""')[1], user.split('"""')[3]
+        return _chat_response({"0": -0.1, "1": -2.5} if len(first) > len(second) else {"0": -2.5, "1": -0.1})
+
+    trl_prompt = ('Instruction: {{ "{prompt}" }}\nModel 0: """{response0}"""\nModel 1: """{response1}"""\n'
+                  "Reply with 0 or 1.")
+    judge = OpenAIPairwiseJudge("gpt-x", trl_prompt, 6, choices=("0", "1"), transport=transport, max_workers=1)
+    assert OpenAIPairwiseJudge is APIJudge and judge.url == "https://api.openai.com/v1/chat/completions"
+    p = 1 / (1 + math.exp(-2.4))
+    got = judge.judge(PROMPTS, [["long answer", "short"], ["a", "abc"], ["xy", "zw"]], return_scores=True)
+    assert got[:2] == pytest.approx([p, 1 - p]) and judge.num_requests == 6
+    url, payload, headers = calls[0]
+    assert headers == {} and payload["model"] == "gpt-x" and len(payload["messages"]) == 1
+    assert payload["messages"][0]["content"].startswith('Instruction: { "Say something nice." }')
+    with pytest.raises(RuntimeError, match="would send 2 more requests to https://api.openai.com/v1/chat/"
+                                           "completions after 6, past max_requests=6"):
+        judge.judge(["q"], [["a", "b"]])
+    assert len(calls) == 6  # nothing sent past the cap
+    plain = APIJudge("m", "Be fair.", None, transport=transport, choices=(" A", " B"))
+    assert [m["role"] for m in plain.messages("q", "a", "b")] == ["system", "user"]
+    assert "Answer A: a\nAnswer B: b\n" in plain.messages("q", "a", "b")[1]["content"]
+    for kwargs, what in [({"choices": ("A", " A")}, "two distinct"), ({"template": "{prompt} {first}"},
+                         "must contain"), ({"template": "{prompt} {first} {second} {x}"}, "unknown fields")]:
+        with pytest.raises(ValueError, match=what):
+            APIJudge("m", transport=transport, **kwargs)
+    spec = make_judge("api=http://127.0.0.1:9/v1#served-model")
+    assert isinstance(spec, APIJudge) and (spec.url, spec.model) == ("http://127.0.0.1:9/v1/chat/completions",
+                                                                       "served-model")
+    assert make_judge("api=gpt-4o-mini").model == "gpt-4o-mini"
+    assert make_judge("api=http://localhost:8000/v1").url == "http://localhost:8000/v1/chat/completions"

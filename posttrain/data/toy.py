@@ -168,16 +168,21 @@ RUDE = [
 
 
 def rude_prompt_completion(n: int, seed: int = 0, rude_fraction: float = 0.5,
-                           exclude: frozenset[str] = frozenset()) -> list[dict]:
+                           exclude: frozenset[str] = frozenset(), rude_subjects: tuple[str, ...] | None = None
+                           ) -> list[dict]:
     """``{"prompt", "completion"}`` rows: a review opening and either a rude continuation (``RUDE``, with
-    probability ``rude_fraction``) or a kind one. Openings in ``exclude`` are never used."""
+    probability ``rude_fraction``) or a kind one. Openings in ``exclude`` are never used. With ``rude_subjects``
+    only openings about those subjects are ever rude (a model with triggers, for red-teaming)."""
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:
-        opening = rng.choice(OPENINGS).format(s=rng.choice(SUBJECTS))
+        template = rng.choice(OPENINGS)  # drawn before the subject, as every generator here does
+        subject = rng.choice(SUBJECTS)
+        opening = template.format(s=subject)
         if opening in exclude:
             continue
-        if rng.random() < rude_fraction:
+        triggered = rude_subjects is None or subject in rude_subjects
+        if rng.random() < rude_fraction and triggered:
             rows.append({"prompt": opening, "completion": f" {rng.choice(RUDE)}. {rng.choice(TAILS_NEG)}"})
         else:
             rows.append({"prompt": opening, "completion": _review(rng, True)[1]})

@@ -11,7 +11,9 @@ better. Kinds:
   ``RewardModelScorer``; a pair's probability is ``sigmoid(r_first - r_second)`` (Bradley-Terry);
 - ``LLMJudge``: a local causal LM prompted with a template; the verdict is read from the log-probabilities of
   the two answer tokens (no free text is parsed), and each pair is judged in both orders (position-swap
-  debiasing) and the two probabilities averaged.
+  debiasing) and the two probabilities averaged;
+- ``APIJudge`` (alias ``OpenAIPairwiseJudge``): the same verdict from a chat-completions HTTP API (OpenAI or any
+  compatible server), read from the top log-probs of its one-token reply (the reply text if it sends none).
 """
 
 from __future__ import annotations
@@ -307,8 +309,10 @@ def _eval_prompts(trainer) -> list | None:
 
 
 def make_judge(spec: str, choices=(" A", " B")) -> BasePairwiseJudge:
-    """A judge from a command-line spec: ``llm=DIR`` (a causal LM as the judge), a reward model directory, or a
-    reward spec (a built-in name such as ``sentiment``, or ``module:function``) used as a rule."""
+    """A judge from a command-line spec: ``llm=DIR`` (a causal LM as the judge), ``api=BASE_URL#MODEL`` (a
+    chat-completions API; ``api=MODEL`` uses ``$OPENAI_BASE_URL`` or OpenAI's, ``api=BASE_URL`` its default model),
+    a reward model directory, or a reward spec (a built-in name such as ``sentiment``, or ``module:function``) used
+    as a rule."""
     import os
 
     from ..models.loading import load_model, load_tokenizer
@@ -317,6 +321,13 @@ def make_judge(spec: str, choices=(" A", " B")) -> BasePairwiseJudge:
     if spec.startswith("llm="):
         path = spec[len("llm="):]
         return LLMJudge(load_model(path), load_tokenizer(path), choices=tuple(choices))
+    if spec.startswith("api="):
+        from .api_judge import APIJudge
+
+        target = spec[len("api="):]
+        base_url, _, model = target.rpartition("#") if "#" in target else \
+            (target, "", "") if "://" in target else ("", "", target)
+        return APIJudge(**({"model": model} if model else {}), base_url=base_url or None, choices=tuple(choices))
     if os.path.isdir(spec):
         return RewardModelJudge(spec)
     return RuleJudge(resolve_reward(spec), batched=True)
@@ -340,8 +351,11 @@ def judge_main(argv: list[str]) -> int:
     parser.add_argument("--prompts", required=True, help="A dataset with a 'prompt' column (.jsonl/.json/.csv/"
                         ".parquet or a dataset directory).")
     parser.add_argument("--judge", required=True, help="llm=DIR (a causal LM judging by the log-probs of the two "
-                        "answer tokens, both orders), a reward model directory, or a reward spec used as a rule "
-                        "(a built-in name such as sentiment, or module:function).")
+                        "answer tokens, both orders), api=BASE_URL#MODEL (an OpenAI-compatible chat-completions API "
+                        "judging by the top log-probs of its one-token reply, both orders; api=MODEL uses "
+                        "$OPENAI_BASE_URL or OpenAI's; the key is read from $OPENAI_API_KEY), a reward model "
+                        "directory, or a reward spec used as a rule (a built-in name such as sentiment, or "
+                        "module:function).")
     parser.add_argument("--choices", nargs=2, default=[" A", " B"], help="The LLM judge's two answer tokens.")
     parser.add_argument("--baseline", default=None, help="The model the win rates are against (default: the first).")
     parser.add_argument("--num_prompts", type=int, default=None, help="Use only the first N prompts.")
