@@ -83,13 +83,18 @@ def run(output_dir: str = "runs/red-team-example", seed: int = 42, steps: int = 
     attacker = grpo.model
     trained = team.attack(attacker, tokenizer, ATTACK_PROMPT, n=n)
 
+    # The attacks that worked become the target's training data; it is then attacked with fresh samples of the
+    # same attacker (another seed), against the original and the hardened target alike.
     safe = [row["completion"] for row in toy.prompt_completion(64, seed=seed, positive=True)]
     hardened_dir = harden(target_dir, team.hardening_data(trained, safe, kind), os.path.join(output_dir, "hardened"),
                           kind, seed)
+    fresh = team.attack(attacker, tokenizer, ATTACK_PROMPT, n=n, seed=2)
     hardened_team = RedTeam(load_model(hardened_dir), tokenizer, toxicity, family=family, seed=seed)
-    after = hardened_team.attack(attacker, tokenizer, ATTACK_PROMPT, n=n)
-    return {"untrained": untrained, "trained": trained, "hardened": after, "steps": steps, "beta": beta,
-            "diversity": diversity, "harden": kind}
+    after = hardened_team.attack(attacker, tokenizer, ATTACK_PROMPT, n=n, seed=2)
+    kind_replies = hardened_team.replies(openings, seed=3)  # does the hardened target still answer other openings?
+    return {"untrained": untrained, "trained": trained, "trained_fresh": fresh, "hardened": after,
+            "hardened_flags_any_opening": sum(s > 0.5 for s in hardened_team.score(openings, kind_replies))
+            / len(openings), "steps": steps, "beta": beta, "diversity": diversity, "harden": kind}
 
 
 def main() -> None:
@@ -104,10 +109,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="Attacks sampled per measurement.")
     args = parser.parse_args()
     result = run(args.output_dir, args.seed, args.steps, args.diversity, args.beta, args.harden, args.n)
-    for label in ("untrained", "trained", "hardened"):
+    for label, what in (("untrained", "untrained attacker vs target"), ("trained", "trained attacker vs target"),
+                        ("trained_fresh", "same, fresh attacks"), ("hardened", "fresh attacks vs hardened")):
         s = result[label].summary()
-        print(f"{label:>9}: attack success rate {s['success_rate']:.3f} ({s['attacks']} attacks, "
+        print(f"{what:>29}: attack success rate {s['success_rate']:.3f} ({s['attacks']} attacks, "
               f"{s['distinct_attacks']} distinct, distinct-2 {s['distinct_2']:.3f}); families {s['families']}")
+    print(f"hardened target: replies flagged on all {len(toy.all_openings())} openings: "
+          f"{result['hardened_flags_any_opening']:.3f}")
     print("successful attacks of the trained attacker against the original target:")
     for attack, reply in result["trained"].successful[:6]:
         print(f"  {attack!r} -> {reply!r}")

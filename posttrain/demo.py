@@ -6,7 +6,9 @@
 4. ppo       PPO against the reward model with a KL penalty to the SFT model, at several KL weights
 5. dpo       DPO from the SFT model on the same pairs, at several betas
 6. report    report.html and PNG plots: reward and KL over PPO steps, loss curves, the reward-vs-KL
-             frontier of PPO and DPO (the DPO paper's IMDb experiment in miniature), samples
+             frontier of PPO and DPO (the DPO paper's IMDb experiment in miniature), samples, and win
+             rates against SFT and Bradley-Terry ratings of every model by two judges (the reward model
+             and the sentiment rule), from the stored held-out samples
 
 Every model is evaluated on review openings that no stage trains on: reward-model score, sentiment
 (VADER), KL to the SFT model and sample texts. Stages can be run alone (``--stage ppo``); each one
@@ -22,16 +24,15 @@ import platform
 import time
 from importlib import resources
 
-import datasets
 import torch
-import transformers
 from transformers import TrainerCallback
 
 from .card import append_card_section
-from .run import RewardArguments, run_training, summary
+from .run import RewardArguments, quiet_loading, run_training, summary
 from .config import DataArguments, ModelArguments
 from .data import toy
 from .eval import evaluate_policy
+from .eval.judges import RewardModelJudge, RuleJudge, compare_models
 from .models.loading import load_model, load_tokenizer
 from .rewards import RewardModelScorer
 from .rewards.builtin import sentiment
@@ -46,6 +47,7 @@ LEARNING_RATES = {"pretrain": 1e-3, "sft": 5e-4, "reward": 5e-4, "ppo": 1e-4, "d
 EVAL_PROMPTS = toy.held_out_openings(40)
 MAX_NEW_TOKENS = 24
 PROBES = 4  # evaluations along each PPO / DPO run (the last one after saving): points of its frontier path
+JUDGE_BASELINE = "SFT"  # the model every other one's win rate is against
 
 
 def _write_jsonl(rows: list[dict], path: str) -> str:
@@ -76,6 +78,8 @@ def write_data(data_dir: str) -> dict[str, str]:
         "preferences": _write_jsonl(keep(toy.preference_pairs(1200, seed=2)),
                                     os.path.join(data_dir, "preferences.jsonl")),
         "prompts": _write_jsonl(keep(toy.review_prompts(1200, seed=3)), os.path.join(data_dir, "prompts.jsonl")),
+        # the held-out openings every model is evaluated on, e.g. for `posttrain judge --prompts`
+        "eval_prompts": _write_jsonl([{"prompt": p} for p in EVAL_PROMPTS], os.path.join(data_dir, "eval_prompts.jsonl")),
     }
 
 
@@ -252,10 +256,53 @@ class Demo:
                 results["evaluations"] += record.pop("evaluations", [])
                 results["stages"][stage] = record
         results["total_seconds"] = sum(s["seconds"] for s in results["stages"].values())
+        results["judges"], note = self.judge_models(results["evaluations"])
+        if note:
+            results["judges_not_run"] = note
         _write_json(results, self.path("results.json"))
         html = write_report(results, self.out)
-        return {"summary": f"wrote {html} and its plots ({results['total_seconds']:.0f}s of training and "
-                           f"evaluation in {len(results['stages'])} stages)"}
+        lines = [f"wrote {html} and its plots ({results['total_seconds']:.0f}s of training and evaluation in "
+                 f"{len(results['stages'])} stages)"]
+        for judge, verdict in results["judges"].items():
+            rates = verdict["win_rates"]
+            lines.append(f"win rate vs {JUDGE_BASELINE} ({judge}): " + ", ".join(
+                f"{name} {r['rate']:.0%}" for name, r in rates.items()))
+        return {"summary": "\n   ".join(lines + ([f"judges not run: {note}"] if note else []))}
+
+    @staticmethod
+    def model_name(evaluation: dict) -> str:
+        """A model's name in the win-rate table: "SFT", "PPO kl_coef=0.3", "DPO beta=1"."""
+        method = evaluation.get("method") or evaluation.get("name")
+        base = {"pretrain": "Pretrain", "sft": "SFT", "ppo": "PPO", "dpo": "DPO"}.get(method, str(method))
+        return f"{base} {evaluation['label']}" if evaluation.get("label") else base
+
+    def judge_models(self, evaluations: list[dict]) -> tuple[dict, str | None]:
+        """Win rates against SFT and Bradley-Terry ratings of every evaluated model, by the reward model and by
+        the sentiment rule, from the stored held-out samples (every model completed the same prompts under the
+        same seed: nothing is sampled again). Returns ``({judge: {"baseline", "prompts", "win_rates",
+        "ratings", "table"}}, None)`` in ``results.json`` form, or ``({}, why not)``."""
+        completions, prompts = {}, None
+        for e in evaluations:
+            samples = e.get("samples") or []
+            if prompts is None and samples:
+                prompts = [s["prompt"] for s in samples]
+            if samples and [s["prompt"] for s in samples] == prompts:
+                completions[self.model_name(e)] = [s["completion"] for s in samples]
+        if len(completions) < 2:
+            return {}, f"fewer than two evaluated models ({len(completions)})"
+        if JUDGE_BASELINE not in completions:
+            return {}, f"no evaluated {JUDGE_BASELINE} model to compare against"
+        if not os.path.exists(self.path("reward", "config.json")):
+            return {}, f"no reward model in {self.path('reward')}"
+        judges = {"reward model": RewardModelJudge(self.path("reward")),
+                  "sentiment rule": RuleJudge(sentiment, batched=True)}
+        out = {}
+        for name, judge in judges.items():
+            result = compare_models(completions, prompts, judge, baseline=JUDGE_BASELINE, seed=self.args.seed)
+            out[name] = {"baseline": JUDGE_BASELINE, "prompts": len(prompts),
+                         "win_rates": {k: vars(v) for k, v in result["win_rates"].items()},
+                         "ratings": {k: list(v) for k, v in result["ratings"].items()}, "table": result["table"]}
+        return out, None
 
     def first_missing(self, stage: str) -> str | None:
         """The stage to run before ``stage`` can: its missing input, or that input's own missing input."""
@@ -306,21 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must be at least 1, got {args.steps}.")
     if min(args.ppo_kl_coefs) < 0 or min(args.dpo_betas) <= 0:
         parser.error("--ppo_kl_coefs must be >= 0 and --dpo_betas > 0.")
-    # A progress bar per training run and a result line per stage; no bars for loading data and weights,
-    # no load reports (the reward model's new head is expected).
-    verbosity, data_bars = transformers.logging.get_verbosity(), datasets.utils.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    try:
+    # A progress bar per training run and a result line per stage; no bars for loading data and weights.
+    with quiet_loading():
         demo = Demo(args)
         for stage in STAGES if args.stage == "all" else [args.stage]:
             code = demo.run(stage)
             if code:
                 return code
         return 0
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        transformers.utils.logging.enable_progress_bar()
-        if data_bars:
-            datasets.enable_progress_bars()

@@ -4,6 +4,7 @@ other)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from transformers import PrinterCallback, ProgressCallback
@@ -165,3 +166,21 @@ def summary(command: str, trainer, seconds: float) -> str:
     return " | ".join(parts)
 
 
+@contextmanager
+def quiet_loading():
+    """No progress bars for loading data and weights and no load reports (a reward model's new head is expected)
+    while the block runs; the training progress bar is the trainer's own and is left alone. Restored after."""
+    import datasets
+    import transformers
+
+    verbosity, data_bars = transformers.logging.get_verbosity(), datasets.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.utils.logging.enable_progress_bar()
+        if data_bars:
+            datasets.enable_progress_bars()

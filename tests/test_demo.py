@@ -33,7 +33,7 @@ def test_reduced_demo_writes_every_stage_and_the_report(reduced_demo):
             card = (out / run["dir"] / "README.md").read_text()
             assert "## Held-out evaluation (posttrain demo)" in card and setting in card
             assert [p["step"] for p in run["path"]] == [15, 30, 45, 60]  # probes every 60 // 4 steps, then final
-    for name in ("report.html", "frontier.png", "ppo_reward_kl.png", "losses.png"):
+    for name in ("report.html", "frontier.png", "ppo_reward_kl.png", "losses.png", "ratings.png"):
         assert (out / name).stat().st_size > 1000
     losses = [e["loss"] for e in results["stages"]["pretrain"]["history"] if "loss" in e]
     assert losses[-1] < losses[0] - 1.0  # pretraining learned something
@@ -63,6 +63,47 @@ def test_reduced_demo_ppo_and_dpo_raise_the_reward_model_score(reduced_demo):
         assert by_setting[max(by_setting)] < by_setting[min(by_setting)]
 
 
+def test_reduced_demo_judges_every_model_against_sft(reduced_demo):
+    """The report stage judges the stored held-out samples: win rates vs SFT and ratings, by two judges."""
+    _, out, results = reduced_demo
+    judges = results["judges"]
+    assert set(judges) == {"reward model", "sentiment rule"} and "judges_not_run" not in results
+    runs = [f"{method.upper()} {e['label']}" for method in ("ppo", "dpo")
+            for e in results["evaluations"] if e["method"] == method]
+    assert len(runs) == 6
+    for name, verdict in judges.items():
+        assert verdict["baseline"] == "SFT" and verdict["prompts"] == 40
+        assert list(verdict["ratings"]) == ["Pretrain", "SFT", *runs]
+        assert set(verdict["win_rates"]) == {"Pretrain", *runs}  # everyone but the baseline
+        for model, rate in verdict["win_rates"].items():
+            assert 0.0 <= rate["low"] <= rate["rate"] <= rate["high"] <= 1.0, (name, model, rate)
+            assert rate["n"] == 40 and rate["confidence"] == 0.95
+        for model, (rating, low, high) in verdict["ratings"].items():
+            assert low <= rating <= high, (name, model)
+    # The reward model prefers every PPO and DPO run's completions to SFT's (what they were trained for).
+    rm = {model: rate["rate"] for model, rate in judges["reward model"]["win_rates"].items()}
+    assert all(rm[model] > 0.5 for model in runs), rm
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Win rates and ratings</h2>" in page and '<table class="judges">' in page
+
+
+def test_judges_are_skipped_with_a_reason(tmp_path):
+    """Fewer than two evaluated models, no SFT or no reward model: no judges, and results say why."""
+    import argparse
+
+    from posttrain.demo import Demo
+
+    demo = Demo(argparse.Namespace(output_dir=str(tmp_path), seed=0))
+    sample = [{"prompt": "The film", "completion": " was fine."}]
+    sft = {"name": "sft", "method": "sft", "label": None, "samples": sample}
+    ppo = {"name": "ppo kl_coef=0.3", "method": "ppo", "label": "kl_coef=0.3", "samples": sample}
+    assert demo.judge_models([]) == ({}, "fewer than two evaluated models (0)")
+    assert demo.judge_models([sft]) == ({}, "fewer than two evaluated models (1)")
+    assert demo.judge_models([ppo, {**ppo, "label": "kl_coef=1"}])[1] == "no evaluated SFT model to compare against"
+    assert demo.judge_models([sft, ppo]) == ({}, f"no reward model in {tmp_path / 'reward'}")
+    assert Demo.model_name(ppo) == "PPO kl_coef=0.3" and Demo.model_name(sft) == "SFT"
+
+
 def test_training_data_never_contains_a_held_out_opening(reduced_demo):
     _, out, _ = reduced_demo
     held = set(toy.held_out_openings(40))
@@ -90,7 +131,7 @@ def test_the_demo_report_renders_in_a_headless_browser(reduced_demo, tmp_path):
 
     _, out, _ = reduced_demo
     result = check_in_browser(str(out / "report.html"), str(tmp_path / "shot.png"))
-    assert result["images_loaded"] == result["images_total"] == 3
+    assert result["images_loaded"] == result["images_total"] == 4  # with the judges' ratings plot
     assert result["colours"] > 1000 and os.path.getsize(tmp_path / "shot.png") > 10000
 
 

@@ -27,3 +27,11 @@ def test_python_quick_start_runs(tmp_path, monkeypatch, capsys):
     scope = {}
     exec(compile(tools, "README tools quick start", "exec"), scope)
     assert [e["step"] for e in scope["trainer"].state.log_history] == [1, 2]
+
+
+def test_judges_snippet_runs_as_written():
+    text = open(README, encoding="utf-8").read()
+    block = re.search(r"### Judges, win rates and ratings\s+.*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README judges", "exec"), scope)
+    assert scope["judge"].judge(["Hi"], [["hello there", "hey"]]) == [1]  # as the comment says

@@ -1,6 +1,5 @@
 """The demo report: plots, a self-contained HTML page, and (where chromium exists) a real render."""
 
-import copy
 import math
 import re
 import shutil
@@ -35,6 +34,18 @@ def _path(score: float, kl: float, early_kl: float, steps: int) -> list[dict]:
     kls = [early_kl, (early_kl + kl) / 2, kl * 1.1, kl]
     return [{"step": steps * (i + 1) // 4, "rm_score": round(score * (0.4 + 0.2 * i), 3),
              "sentiment": round(0.1 * i, 3), "kl": round(k, 3), "length": 16.0} for i, k in enumerate(kls)]
+
+
+def _judges(names: list[str]) -> dict:
+    """Synthetic ``results["judges"]``: win rates against SFT and ratings, as ``Demo.judge_models`` writes them."""
+    out = {}
+    for j, judge in enumerate(("reward model", "sentiment rule")):
+        ratings = {n: [round(900 + 40 * i - 15 * j, 2), round(850 + 40 * i - 15 * j, 2),
+                       round(960 + 40 * i - 15 * j, 2)] for i, n in enumerate(names)}
+        rates = {n: {"rate": 0.1 * i + 0.025 * j, "low": max(0.0, 0.1 * i - 0.15), "high": min(1.0, 0.1 * i + 0.12),
+                     "n": 40, "confidence": 0.95} for i, n in enumerate(names) if n != "SFT"}
+        out[judge] = {"baseline": "SFT", "prompts": 40, "win_rates": rates, "ratings": ratings, "table": "| ... |"}
+    return out
 
 
 def make_results() -> dict:
@@ -77,10 +88,12 @@ def make_results() -> dict:
                     "runs": dpo_runs},
         },
         "evaluations": evals,
+        "judges": _judges(["Pretrain", "SFT"] + [f"PPO {r['label']}" for r in ppo_runs]
+                          + [f"DPO {r['label']}" for r in dpo_runs]),
     }
 
 
-PLOTS = ("ppo_reward_kl.png", "losses.png", "frontier.png")
+PLOTS = ("ppo_reward_kl.png", "losses.png", "frontier.png", "ratings.png")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +103,7 @@ def report(tmp_path_factory):
     return out, path, open(path, encoding="utf-8").read()
 
 
-def test_writes_three_valid_pngs(report):
+def test_writes_four_valid_pngs(report):
     from PIL import Image
 
     out, path, _ = report
@@ -108,7 +121,7 @@ def test_html_is_self_contained(report):
     _, _, page = report
     assert "http://" not in page and "https://" not in page
     srcs = re.findall(r'src="([^"]*)"', page)
-    assert len(srcs) == 3
+    assert len(srcs) == 4
     assert all(s.startswith("data:image/png;base64,") for s in srcs), [s[:40] for s in srcs]
     assert "<link" not in page and "@import" not in page and "url(" not in page
 
@@ -163,7 +176,7 @@ def test_runs_without_path_still_render(report, tmp_path):  # results.json from 
             del run["path"]
     results["stages"]["dpo"]["runs"][0]["path"] = []
     page = open(write_report(results, str(tmp_path)), encoding="utf-8").read()
-    assert page.count('<img src="data:image/png;base64,') == 3
+    assert page.count('<img src="data:image/png;base64,') == 4
     with_paths = (report[0] / "frontier.png").read_bytes()
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "frontier.png").read_bytes() != with_paths  # the paths were drawn (and now are not)
@@ -173,6 +186,7 @@ def test_absent_stages_say_not_run(tmp_path):
     results = make_results()
     del results["stages"]["ppo"], results["stages"]["dpo"]
     results["evaluations"] = [e for e in results["evaluations"] if e["method"] not in ("ppo", "dpo")]
+    del results["judges"]
     page = open(write_report(results, str(tmp_path)), encoding="utf-8").read()
     assert re.search(r"<td>PPO</td>.*?not run", page) and re.search(r"<td>DPO</td>.*?not run", page)
     assert not (tmp_path / "ppo_reward_kl.png").exists() and not (tmp_path / "frontier.png").exists()
@@ -183,8 +197,48 @@ def test_absent_stages_say_not_run(tmp_path):
 
 def test_empty_results_do_not_crash(tmp_path):
     page = open(write_report({}, str(tmp_path)), encoding="utf-8").read()
-    assert page.count("not run") >= 5 + 3
+    assert page.count("not run") >= 5 + 4 + 1  # stages, plots, the win-rate table
     assert "<img " not in page
+
+
+def test_win_rates_and_ratings_table(report):
+    from PIL import Image
+
+    out, _, page = report
+    assert "<h2>Win rates and ratings</h2>" in page
+    assert "ties counting half" in page and "Wilson 95% interval" in page and "Bradley–Terry" in page
+    table = re.search(r'<table class="judges">(.*?)</table>', page, re.S).group(1)
+    assert "Win rate vs SFT (95% interval, n prompts)" in table and "Bradley–Terry rating (95% interval)" in table
+    assert table.count("<th>reward model</th>") == 2 and table.count("<th>sentiment rule</th>") == 2
+    rows = re.findall(r"<tr><td>(.*?)</td>(.*?)</tr>", table)
+    assert [name for name, _ in rows] == ["Pretrain", "SFT", "PPO kl_coef=0.02", "PPO kl_coef=0.05",
+                                          "PPO kl_coef=0.2", "DPO β=0.05", "DPO β=0.1", "DPO β=0.5"]
+    cells = {name: re.findall(r'<td class="num">(.*?)</td>', rest) for name, rest in rows}
+    assert all(len(c) == 4 for c in cells.values())
+    assert cells["SFT"][:2] == ["baseline", "baseline"]
+    # PPO kl_coef=0.05 is the 4th model (i = 3): rate 0.3 (RM) and 0.275 (sentiment); ratings 1020 and 1005.
+    assert cells["PPO kl_coef=0.05"] == ["30.0% <small>(15.0%–42.0%), n=40</small>",
+                                         "32.5% <small>(15.0%–42.0%), n=40</small>",
+                                         "1020 <small>(970–1080)</small>", "1005 <small>(955–1065)</small>"]
+    assert 'alt="ratings.png"' in page
+    with Image.open(out / "ratings.png") as img:
+        assert img.width > 600 and img.height > 300, img.size
+
+
+def test_no_judges_say_not_run(tmp_path):
+    results = make_results()
+    del results["judges"]
+    results["judges_not_run"] = "no reward model in runs/demo/reward"
+    page = open(write_report(results, str(tmp_path)), encoding="utf-8").read()
+    assert re.search(r"<h2>Win rates and ratings</h2>.*?<p class=\"notrun\">not run "
+                     r"\(no reward model in runs/demo/reward\)</p>", page, re.S)
+    assert re.search(r"<h3>Ratings</h3><p class=\"notrun\">not run", page)
+    assert '<table class="judges">' not in page and not (tmp_path / "ratings.png").exists()
+    assert page.count("<img ") == 3
+    results["judges"] = {}  # a results.json written by the demo with judges skipped, without the reason
+    del results["judges_not_run"]
+    page = open(write_report(results, str(tmp_path)), encoding="utf-8").read()
+    assert re.search(r"<h2>Win rates and ratings</h2>.*?<p class=\"notrun\">not run</p>", page, re.S)
 
 
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
@@ -197,7 +251,7 @@ def test_renders_in_headless_chromium(report, tmp_path):
     _, path, _ = report
     shot = tmp_path / "shot.png"
     info = check_in_browser(path, str(shot))
-    assert info["images_loaded"] == info["images_total"] == 3
+    assert info["images_loaded"] == info["images_total"] == 4  # the ratings plot too
     assert info["colours"] >= 200
     with Image.open(shot) as img:
         assert img.width == 1280 and img.height >= 2000, img.size
@@ -209,5 +263,5 @@ def test_browser_check_catches_a_broken_image(report, tmp_path):
     broken = tmp_path / "broken.html"
     start = page.index("base64,") + len("base64,")
     broken.write_text(page[:start] + "AAAA" + page[start + 40:], encoding="utf-8")  # corrupt the first PNG
-    with pytest.raises(ReportCheckError, match="2 of 3 images decoded"):
+    with pytest.raises(ReportCheckError, match="3 of 4 images decoded"):
         check_in_browser(str(broken), str(tmp_path / "shot.png"))

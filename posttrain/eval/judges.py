@@ -342,6 +342,7 @@ def judge_main(argv: list[str]) -> int:
 
     from ..data.prompts import load_prompts
     from ..models.loading import load_model, load_tokenizer
+    from ..run import quiet_loading
 
     parser = argparse.ArgumentParser(prog="posttrain judge", description=(
         "Sample each model's completions of the prompts, judge every pair of models, print win rates against the "
@@ -369,11 +370,12 @@ def judge_main(argv: list[str]) -> int:
         parser.error("--models needs two or more models with distinct names (use NAME=DIR).")
     if args.num_prompts is not None and args.num_prompts < 1:
         parser.error("--num_prompts must be >= 1.")
-    tokenizer = load_tokenizer(named[0][1])
-    prompts = load_prompts(args.prompts, tokenizer, None, "posttrain judge").values[:args.num_prompts]
-    completions = {name: sample_completions(load_model(path), load_tokenizer(path), prompts, args.max_new_tokens,
-                                            args.seed) for name, path in named}
-    result = compare_models(completions, prompts, make_judge(args.judge, args.choices), args.baseline, args.seed)
+    with quiet_loading():
+        tokenizer = load_tokenizer(named[0][1])
+        prompts = load_prompts(args.prompts, tokenizer, None, "posttrain judge").values[:args.num_prompts]
+        completions = {name: sample_completions(load_model(path), load_tokenizer(path), prompts,
+                                                args.max_new_tokens, args.seed) for name, path in named}
+        result = compare_models(completions, prompts, make_judge(args.judge, args.choices), args.baseline, args.seed)
     print(result["table"])
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -383,23 +385,10 @@ def judge_main(argv: list[str]) -> int:
             json.dump({"judge": args.judge, "prompts": len(prompts),
                        "win_rates": {k: vars(v) for k, v in result["win_rates"].items()},
                        "ratings": result["ratings"], "completions": completions}, fh, indent=1)
-        _plot_ratings(result["ratings"], os.path.join(args.output_dir, "ratings.png"))
+        from .report import plot_ratings  # one ratings plot, the demo report's
+
+        baseline = args.baseline or named[0][0]
+        plot_ratings({"judges": {args.judge: {"ratings": result["ratings"], "baseline": baseline}}},
+                     os.path.join(args.output_dir, "ratings.png"))
         print(f"wrote {args.output_dir}/judge.md, judge.json and ratings.png")
     return 0
-
-
-def _plot_ratings(ratings: dict, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = sorted(ratings, key=lambda n: ratings[n][0])
-    fig = Figure(figsize=(6, 0.5 + 0.5 * len(names)))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    values = [ratings[n][0] for n in names]
-    errors = [[ratings[n][0] - ratings[n][1] for n in names], [ratings[n][2] - ratings[n][0] for n in names]]
-    ax.errorbar(values, range(len(names)), xerr=errors, fmt="o", capsize=4)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("Bradley-Terry rating (Elo scale), 95% bootstrap interval")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)

@@ -1,7 +1,7 @@
 """The ``posttrain demo`` report: plots and one self-contained HTML page from ``results.json``.
 
-``write_report(results, output_dir)`` draws three PNG plots (PPO reward/KL, loss curves, the
-reward-vs-KL frontier) and writes ``report.html`` with everything inlined (CSS, images as
+``write_report(results, output_dir)`` draws four PNG plots (PPO reward/KL, loss curves, the
+reward-vs-KL frontier, judges' ratings) and writes ``report.html`` with everything inlined (CSS, images as
 ``data:`` URIs), so the page works offline (``posttrain.eval.browser`` checks it in chromium).
 
 ``results`` is what ``posttrain demo`` writes to ``results.json``: ``model``, ``machine``,
@@ -9,7 +9,10 @@ reward-vs-KL frontier) and writes ``report.html`` with everything inlined (CSS, 
 ``history`` (pretrain, sft, reward: logged entries) or ``runs`` (ppo, dpo: ``label``, ``setting``,
 ``dir``, ``history`` and ``path``, the held-out evaluations along training) plus the ``main`` run's
 label; and ``evaluations``, one per model (``name``, ``method``, ``label``, ``main``, ``rm_score``,
-``sentiment``, ``kl`` to SFT, ``length`` and ``samples`` for the same prompts). Any stage may be
+``sentiment``, ``kl`` to SFT, ``length`` and ``samples`` for the same prompts); and ``judges``, per
+judge (``"reward model"``, ``"sentiment rule"``) ``baseline``, ``prompts``, ``win_rates`` (model name ->
+``rate``, ``low``, ``high``, ``n``, ``confidence``: against the baseline) and ``ratings`` (model name ->
+``[rating, low, high]``), with ``judges_not_run`` saying why when there are none. Any stage may be
 absent; the report then says "not run".
 """
 
@@ -174,6 +177,35 @@ def plot_frontier(results: dict, path: str) -> str | None:
     return _save(fig, path)
 
 
+def plot_ratings(results: dict, path: str) -> str | None:
+    """Bradley-Terry ratings (Elo scale) of every model with 95% bootstrap intervals, one marker per judge,
+    models top to bottom in the order they were evaluated."""
+    judges = {k: v for k, v in (results.get("judges") or {}).items() if v.get("ratings")}
+    if not judges:
+        return None
+    names = list(dict.fromkeys(n for v in judges.values() for n in v["ratings"]))
+    fig = Figure(figsize=(8, 1.4 + 0.42 * len(names)), layout="constrained")
+    ax = fig.subplots()
+    markers = ["o", "D", "s", "^"]
+    offsets = [0.16 * (k - (len(judges) - 1) / 2) for k in range(len(judges))]
+    for k, (judge, verdict) in enumerate(judges.items()):
+        rows = [(i, verdict["ratings"][n]) for i, n in enumerate(names) if n in verdict["ratings"]]
+        y = [i + offsets[k] for i, _ in rows]
+        x = [r[0] for _, r in rows]
+        err = [[r[0] - r[1] for _, r in rows], [r[2] - r[0] for _, r in rows]]
+        ax.errorbar(x, y, xerr=err, fmt=markers[k % len(markers)], color=COLOURS[k % len(COLOURS)], capsize=3,
+                    ms=6, lw=1.3, label=f"judged by the {judge}")
+    baseline = next((v.get("baseline") for v in judges.values() if v.get("baseline")), None)
+    ax.set_yticks(range(len(names)), [_pretty(n) + (" (baseline)" if n == baseline else "") for n in names])
+    ax.set_ylim(len(names) - 0.5, -0.5)  # the first evaluated model on top
+    ax.axvline(1000, color="grey", ls=":", lw=1, zorder=1)
+    ax.set_xlabel("Bradley–Terry rating (Elo scale, mean 1000), 95% bootstrap interval")
+    ax.set_title("Ratings of every model by each judge", fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=9, loc="best")
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------- html
 
 CSS = """
@@ -188,6 +220,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 tr.main td { background: #fff7df !important; font-weight: 600; }
 .stages th:nth-child(1) { width: 9em; } .stages th:nth-child(2) { width: 6.5em; }
 .samples th:first-child { width: 18%; } .prompt { font-style: italic; }
+table.judges th { text-align: center; } table.judges td small { color: #666; }
 figure { margin: 20px 0; } figure img { max-width: 100%; display: block; margin: 0 auto 6px; }
 .score { padding: 0 6px; border-radius: 4px; font-size: 12px; }
 .pos { background: #dcf3dc; } .neg { background: #f8dddd; }
@@ -215,6 +248,12 @@ PLOTS = [  # (file, title, plot function, what it reads, caption)
      "during training. Up and to the left is better: more reward for less divergence from the SFT model (the "
      "star, KL 0; the dotted line is its score). Main runs have a thick edge; the KL axis is logarithmic above 1."),
 ]
+JUDGE_PLOTS = [  # drawn in the "Win rates and ratings" section, embedded like PLOTS
+    ("ratings.png", "Ratings", plot_ratings, "results",
+     "Bradley–Terry ratings of every model on the Elo scale (mean 1000; 400 points apart is 10:1 odds of "
+     "winning), from every pair of models on every held-out prompt, with 95% bootstrap intervals; one marker "
+     "per judge. The two judges' scales are fitted separately."),
+]
 
 
 def _esc(value) -> str:
@@ -224,6 +263,48 @@ def _esc(value) -> str:
 def _table(header: list[str], rows: list[str], cls: str = "") -> str:
     return (f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
+
+
+def _figure(output_dir: str, inputs: dict, filename: str, title: str, plot, key: str, caption: str) -> str:
+    """A plot as a heading and an inlined PNG (data: URI), or "not run" when there is no data for it."""
+    path = plot(inputs[key], os.path.join(output_dir, filename))
+    if path is None:
+        return f'<h3>{_esc(title)}</h3><p class="notrun">not run (no data for this plot yet)</p>'
+    png = base64.b64encode(pathlib.Path(path).read_bytes()).decode("ascii")
+    return (f'<h3>{_esc(title)}</h3><figure><img src="data:image/png;base64,{png}" alt="{_esc(filename)}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def _percent(rate: dict) -> str:
+    return (f'{rate["rate"]:.1%} <small>({rate["low"]:.1%}–{rate["high"]:.1%}), '
+            f'n={rate["n"]}</small>')
+
+
+def _judges_section(results: dict) -> str:
+    """One table: per model, the win rate against the baseline and the rating, for each judge."""
+    judges = {k: v for k, v in (results.get("judges") or {}).items() if v.get("ratings")}
+    if not judges:
+        why = results.get("judges_not_run")
+        return f'<p class="notrun">not run{f" ({_esc(why)})" if why else ""}</p>'
+    baseline = next(iter(judges.values())).get("baseline", "the baseline")
+    names = list(dict.fromkeys(n for v in judges.values() for n in v["ratings"]))
+    heads = "".join(f"<th>{_esc(j)}</th>" for j in judges)
+    rows = []
+    for name in names:
+        cells = [f"<td>{_esc(_pretty(name))}</td>"]
+        for verdict in judges.values():
+            rate = (verdict.get("win_rates") or {}).get(name)
+            cells.append('<td class="num">baseline</td>' if name == verdict.get("baseline")
+                         else f'<td class="num">{_percent(rate)}</td>' if rate else '<td class="num">—</td>')
+        for verdict in judges.values():
+            r = verdict["ratings"].get(name)
+            cells.append(f'<td class="num">{r[0]:.0f} <small>({r[1]:.0f}–{r[2]:.0f})</small></td>' if r
+                         else '<td class="num">—</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table class="judges"><thead><tr><th rowspan="2">Model</th>'
+            f'<th colspan="{len(judges)}">Win rate vs {_esc(baseline)} (95% interval, n prompts)</th>'
+            f'<th colspan="{len(judges)}">Bradley–Terry rating (95% interval)</th></tr>'
+            f"<tr>{heads}{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def _main_eval(evaluations: list[dict], method: str) -> dict | None:
@@ -290,16 +371,12 @@ def write_report(results: dict, output_dir: str) -> str:
     stages = results.get("stages") or {}
     evaluations = results.get("evaluations") or []
     inputs = {"ppo": stages.get("ppo"), "stages": stages, "results": results}
-    figures = []
-    for filename, title, plot, key, caption in PLOTS:
-        path = plot(inputs[key], os.path.join(output_dir, filename))
-        figures.append(f"<h3>{_esc(title)}</h3>")
-        if path is None:
-            figures.append('<p class="notrun">not run (no data for this plot yet)</p>')
-        else:
-            png = base64.b64encode(pathlib.Path(path).read_bytes()).decode("ascii")
-            figures.append(f'<figure><img src="data:image/png;base64,{png}" alt="{_esc(filename)}">'
-                           f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    figures = [_figure(output_dir, inputs, *plot) for plot in PLOTS]
+    judge_figures = [_figure(output_dir, inputs, *plot) for plot in JUDGE_PLOTS]
+    judged = results.get("judges") or {}
+    prompts = next((v.get("prompts") for v in judged.values()), None) or results.get("eval_prompts", "—")
+    judge_names = " and ".join(f"the {j}" for j in judged) or "the judges"
+    baseline = next((v.get("baseline") for v in judged.values() if v.get("baseline")), "SFT")
     ran = [name for key, name in STAGE_NAMES.items() if key in stages]
     missing = [name for key, name in STAGE_NAMES.items() if key not in stages]
     dirs = [key for key in ("pretrain", "sft", "reward") if key in stages]  # the stage's own directory
@@ -330,6 +407,15 @@ def write_report(results: dict, output_dir: str) -> str:
 completion. ★ marks the main PPO and DPO runs, whose samples are shown below.</p>
 {_table(["Model", "Setting", "RM score", "Sentiment", "KL to SFT", "Length (tokens)"], _eval_rows(evaluations))
  if evaluations else '<p class="notrun">not run</p>'}
+<h2>Win rates and ratings</h2>
+<p>Every model's completions of the {_esc(prompts)} held-out prompts (the held-out evaluation's samples: nothing
+is sampled again), judged pairwise, prompt by prompt, by {_esc(judge_names)} (the reward model is what PPO
+optimised; the VADER sentiment rule is the ground truth it approximates). A <b>win rate</b> is the share of
+prompts on which the judge prefers the model's completion to {_esc(baseline)}'s, ties counting half, with a
+Wilson 95% interval; a <b>rating</b> is a Bradley–Terry strength fitted to every pair of models on every prompt,
+on the Elo scale (mean 1000), with a 95% bootstrap interval.</p>
+{_judges_section(results)}
+{"".join(judge_figures)}
 <h2>Plots</h2>
 {"".join(figures)}
 <h2>Before / after: samples</h2>
