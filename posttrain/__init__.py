@@ -3,6 +3,12 @@ DPO, PPO, GRPO/RLOO, ReST), offline-friendly and fast."""
 
 __version__ = "0.1.0"
 
+import logging
+
+# bitsandbytes, when installed, warns at import on CPUs with AVX512-BF16 that it cannot fetch an optional hub kernel
+# for its packed 4-bit inference path; posttrain keeps 4-bit layers off that path (models.loading), so say nothing.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from .config import DataArguments, ModelArguments
 from .eval.api_judge import APIJudge, OpenAIPairwiseJudge
 from .eval.judges import BasePairwiseJudge, LLMJudge, RewardModelJudge, RuleJudge, WinRateCallback

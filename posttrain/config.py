@@ -64,33 +64,64 @@ class ModelArguments:
         "help": "DoRA: split each adapted weight's update into magnitude and direction (LoRA learns the "
                 "direction). Often better at low ranks; slower than LoRA."})
     load_in_8bit: bool = field(default=False, metadata={
-        "help": "Load the base model in 8 bits (bitsandbytes). Not supported yet: setting it is an error."})
+        "help": "Load the base model in 8 bits (bitsandbytes LLM.int8) and train a LoRA adapter on it (needs "
+                "--use_peft). The reference model is the same base with the adapter off: one copy. Works on CUDA "
+                "GPUs and, with bitsandbytes >= 0.49, on CPUs."})
     load_in_4bit: bool = field(default=False, metadata={
-        "help": "Load the base model in 4 bits (bitsandbytes, QLoRA). Not supported yet: setting it is an error."})
+        "help": "Load the base model in 4 bits (bitsandbytes; QLoRA with --bnb_4bit_quant_type nf4 and "
+                "--use_bnb_nested_quant) and train a LoRA adapter on it (needs --use_peft). Computes in --dtype "
+                "(float32 if unset)."})
     bnb_4bit_quant_type: str = field(default="nf4", metadata={
-        "help": "4-bit quantization type, fp4 or nf4; used only with --load_in_4bit (not supported yet)."})
+        "help": "4-bit quantization type with --load_in_4bit: nf4 (QLoRA's NormalFloat, default) or fp4."})
     use_bnb_nested_quant: bool = field(default=False, metadata={
-        "help": "Nested 4-bit quantization; used only with --load_in_4bit (not supported yet)."})
+        "help": "Double quantization with --load_in_4bit: quantize the quantization constants too (QLoRA; "
+                "about 0.4 bits per parameter less)."})
     bnb_4bit_quant_storage: str | None = field(default=None, metadata={
-        "help": "Storage dtype of 4-bit weights; used only with --load_in_4bit (not supported yet)."})
+        "help": "Storage dtype of packed 4-bit weights (default uint8; bfloat16 to shard them with FSDP)."})
 
     def __post_init__(self):
-        if self.load_in_4bit or self.load_in_8bit:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("--load_in_4bit and --load_in_8bit are exclusive: pick one.")
+        if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
             flag = "load_in_4bit" if self.load_in_4bit else "load_in_8bit"
-            raise ValueError(f"--{flag}: quantized bases are not supported yet. Drop the flag and train a LoRA "
-                             "adapter (--use_peft) on a bfloat16 base (--dtype bfloat16) instead.")
+            raise ValueError(f"--{flag}: a quantized base trains only through a LoRA adapter; add --use_peft "
+                             "(and --lora_r, --lora_target_modules as you like).")
+        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"--bnb_4bit_quant_type must be nf4 or fp4, got {self.bnb_4bit_quant_type!r}.")
         from .models.loading import resolve_dtype
 
         resolve_dtype(self.dtype)  # an unknown name fails here, naming the valid ones
+        if self.bnb_4bit_quant_storage is not None:
+            resolve_dtype(self.bnb_4bit_quant_storage)
         self.lora_target_modules = _module_list(self.lora_target_modules)
         self.lora_target_parameters = _module_list(self.lora_target_parameters)
         self.lora_modules_to_save = _module_list(self.lora_modules_to_save)
 
+    def quantization_config(self):
+        """A ``transformers.BitsAndBytesConfig`` for --load_in_4bit / --load_in_8bit (TRL's
+        ``get_quantization_config``), else None."""
+        if not (self.load_in_4bit or self.load_in_8bit):
+            return None
+        from transformers import BitsAndBytesConfig
+
+        from .models.loading import resolve_dtype
+
+        if self.load_in_8bit:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        compute = resolve_dtype(self.dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=self.use_bnb_nested_quant,
+            bnb_4bit_compute_dtype=compute if isinstance(compute, torch.dtype) else torch.float32,
+            bnb_4bit_quant_storage=resolve_dtype(self.bnb_4bit_quant_storage) or torch.uint8)
+
     def model_init_kwargs(self, trust_remote_code: bool = False) -> dict:
         """Keyword arguments for ``load_model`` (and ``from_pretrained``): dtype, revision, remote code (a
-        field of the training config, as in TRL), attention implementation."""
+        field of the training config, as in TRL), attention implementation, quantization."""
+        quantization = self.quantization_config()
         return dict(dtype=self.dtype, revision=self.model_revision, trust_remote_code=trust_remote_code,
-                    attn_implementation=self.attn_implementation)
+                    attn_implementation=self.attn_implementation,
+                    **({"quantization_config": quantization} if quantization is not None else {}))
 
     def peft_config(self, task: str = "causal-lm"):
         """A ``peft.LoraConfig`` when ``use_peft`` is set, else None. ``task`` is posttrain's task name

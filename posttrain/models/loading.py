@@ -43,7 +43,9 @@ def load_tokenizer(name_or_path: str, **kwargs) -> transformers.PreTrainedTokeni
 def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dtype | None = None,
                seed: int = 0, revision: str | None = None, trust_remote_code: bool = False,
                attn_implementation: str | None = None, **kwargs):
-    """Load ``tiny:<arch>`` (built, seeded), a hub name, or a local directory for ``task``.
+    """Load ``tiny:<arch>`` (built, seeded), a hub name, or a local directory for ``task`` (a LoRA adapter
+    directory loads its base, then the adapter). ``quantization_config`` (a ``BitsAndBytesConfig`` or its dict)
+    loads the base quantized, on this process's GPU or on the CPU.
 
     ``task`` is ``causal-lm``, ``seq-cls`` (a one-label reward head unless ``num_labels`` is given)
     or ``seq2seq``. ``revision``, ``trust_remote_code`` and ``attn_implementation`` mean what they mean
@@ -53,10 +55,23 @@ def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dt
     if task not in _AUTO_CLASSES:
         raise ValueError(f"Unknown task {task!r}; expected one of {sorted(_AUTO_CLASSES)}.")
     dtype = resolve_dtype(dtype)
+    quantization = kwargs.get("quantization_config")
+    if isinstance(quantization, dict):  # from JSON (--model_init_kwargs, YAML)
+        kwargs["quantization_config"] = quantization = transformers.BitsAndBytesConfig(**quantization)
+    if quantization is not None:
+        kwargs.setdefault("device_map", quantization_device_map())
+    adapter = _adapter_base(name_or_path)
+    if adapter is not None:  # a LoRA adapter directory: its base (quantized if asked), then the adapter on it
+        import peft
+
+        base = load_model(adapter, task, dtype, seed, revision, trust_remote_code, attn_implementation, **kwargs)
+        return peft.PeftModel.from_pretrained(base, name_or_path)
     if name_or_path.startswith("tiny:"):
         model = build_tiny_model(name_or_path, task, seed=seed, num_labels=kwargs.get("num_labels", 1))
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
+        if quantization is not None:  # transformers quantizes while loading weights: save the built model, load it
+            return _load_quantized_tiny(model, name_or_path, task, dtype, kwargs)
         return model.to(dtype) if isinstance(dtype, torch.dtype) else model
     if task == "seq-cls":
         kwargs.setdefault("num_labels", 1)
@@ -72,10 +87,27 @@ def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dt
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a head the checkpoint lacks (e.g. a new reward head) starts the same every time
         model = _AUTO_CLASSES[task].from_pretrained(name_or_path, **hub, **kwargs)
+    if quantization is not None:
+        _no_cpu_inference_packing(model)
     if task == "seq-cls" and model.config.pad_token_id is None:
         # Sequence classifiers find the last real token through pad_token_id; borrow eos.
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def _adapter_base(path: str) -> str | None:
+    """The base model a saved LoRA adapter directory names (None for anything else)."""
+    import json
+    import os
+
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")) or os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as fh:
+        base = json.load(fh).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}/adapter_config.json names no base_model_name_or_path; load the base yourself and "
+                         "attach the adapter with peft.PeftModel.from_pretrained(base, path).")
+    return base
 
 
 _DROPOUT_SUFFIXES = ("dropout", "_pdrop", "dropout_rate", "dropout_prob")
@@ -124,10 +156,87 @@ def is_encoder_decoder(model) -> bool:
     return bool(getattr(transformers.AutoConfig.from_pretrained(model), "is_encoder_decoder", False))
 
 
-def add_adapter(model, peft_config, seed: int):
+def add_adapter(model, peft_config, seed: int, gradient_checkpointing: bool | None = False,
+                gradient_checkpointing_kwargs: dict | None = None):
     """``peft.get_peft_model`` with the global RNG seeded first: the adapter's initial weights are drawn
-    from it, so the same seed gives the same adapter (and the same first steps as TRL, which seeds first)."""
+    from it, so the same seed gives the same adapter (and the same first steps as TRL, which seeds first).
+    A quantized base is prepared for k-bit training first (:func:`prepare_quantized`); ``peft_config=None``
+    returns the model as it is, unless it is a quantized base without an adapter (an error)."""
     import peft
 
+    model = prepare_quantized(model, peft_config, gradient_checkpointing, gradient_checkpointing_kwargs)
+    if peft_config is None:
+        return model
     transformers.set_seed(seed)
     return peft.get_peft_model(model, peft_config)
+
+
+# ---- quantized bases (bitsandbytes 4- and 8-bit; on CPUs too) ------------------------------------------------
+
+
+def quantization_device_map():
+    """Where a bitsandbytes-quantized model is loaded: this process's GPU (as TRL's ``get_kbit_device_map``),
+    else the CPU (bitsandbytes >= 0.49 runs its 4- and 8-bit layers on CPUs)."""
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"}
+
+
+def is_quantized(model) -> bool:
+    """Whether ``model`` (or the model inside a value-head or peft wrapper) was loaded with quantized weights."""
+    return any(getattr(m, "is_quantized", False) or getattr(m, "is_loaded_in_4bit", False)
+               or getattr(m, "is_loaded_in_8bit", False)
+               for m in model.modules() if isinstance(m, transformers.PreTrainedModel))
+
+
+def has_adapter(model) -> bool:
+    import peft
+
+    return any(isinstance(m, peft.PeftModel) or getattr(m, "_hf_peft_config_loaded", False) for m in model.modules())
+
+
+def prepare_quantized(model, peft_config, gradient_checkpointing: bool | None = False,
+                      gradient_checkpointing_kwargs: dict | None = None):
+    """A quantized base trains only through an adapter (its weights are frozen integers): without ``peft_config``
+    (and no adapter already on it) that is an error; with one, ``peft.prepare_model_for_kbit_training`` freezes
+    the base, keeps norms and other small float weights in float32, and makes the inputs carry gradients so
+    checkpointed layers pass them on. Other models are returned untouched."""
+    if not is_quantized(model):
+        return model
+    if peft_config is None:
+        if has_adapter(model):
+            return model
+        raise ValueError("A quantized base model (load_in_4bit / load_in_8bit / a quantization_config) trains "
+                         "only through a LoRA adapter: pass peft_config=LoraConfig(...) (--use_peft on the command "
+                         "line), or load the model without quantization.")
+    import peft
+
+    kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gradient_checkpointing),
+                                                gradient_checkpointing_kwargs=kwargs)
+
+
+def _no_cpu_inference_packing(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights at its first no-grad forward in eval
+    mode and from then on computes that layer with a bfloat16 inference kernel, in training forwards too. Sampling
+    (no grad, eval) comes before every update, so the policy would train through a different, lower-precision
+    computation than the one it was loaded with, and sampling-time log-probs would not match the update's. Keep
+    every 4-bit layer on the one float path."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _load_quantized_tiny(model, name: str, task: str, dtype, kwargs: dict):
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="posttrain-tiny-") as tmp:
+        model.save_pretrained(tmp)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        quantized = _AUTO_CLASSES[task].from_pretrained(tmp, **kwargs)
+    quantized.config.name_or_path = quantized.name_or_path = name  # what a saved adapter names as its base
+    _no_cpu_inference_packing(quantized)
+    return quantized

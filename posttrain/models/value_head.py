@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .loading import load_model
+from .loading import load_model, prepare_quantized
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -186,8 +186,8 @@ class _PreTrainedModelWithValueHead(nn.Module):
         directory, whose base is loaded from its ``base_model_name_or_path``) or a built model.
 
         ``peft_config`` wraps the trunk with ``peft.get_peft_model`` (only LoRA weights and the value
-        head train); ``dtype`` and ``kwargs`` go to ``load_model``; ``seed`` seeds a ``tiny:`` trunk
-        and a fresh value head. The head is read from ``value_head.safetensors`` when the directory has one.
+        head train); ``dtype`` and ``kwargs`` go to ``load_model``; ``seed`` seeds a ``tiny:`` trunk, a new
+        LoRA adapter and a fresh value head. The head is read from ``value_head.safetensors`` when the directory has one.
         """
         import peft
 
@@ -212,7 +212,9 @@ class _PreTrainedModelWithValueHead(nn.Module):
             if isinstance(trunk, peft.PeftModel):
                 raise ValueError("The model already has a LoRA adapter; do not pass peft_config as well.")
             base_name = trunk.config.name_or_path
-            trunk = peft.get_peft_model(trunk, peft_config)
+            with torch.random.fork_rng(devices=[]):  # the adapter drawn from seed (as add_adapter), global RNG kept
+                torch.manual_seed(seed)
+                trunk = peft.get_peft_model(prepare_quantized(trunk, peft_config), peft_config)
             for config in trunk.peft_config.values():
                 # peft reads model.name_or_path, which models built in code (tiny:) leave empty.
                 config.base_model_name_or_path = config.base_model_name_or_path or base_name

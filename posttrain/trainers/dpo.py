@@ -161,9 +161,11 @@ class DPOTrainer(PostTrainer):
         if not isinstance(args, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a posttrain {self.config_class.__name__} as args, got "
                             f"{type(args).__module__}.{type(args).__name__}; import it from posttrain too.")
-        if quantization_config is not None:
-            raise ValueError("quantization_config is not implemented in posttrain; load the quantized model yourself "
-                             "and pass it as model.")
+        if quantization_config is not None:  # TRL 0.x's argument: the base is loaded quantized
+            if not isinstance(model, str):
+                raise ValueError("quantization_config applies when the model is loaded: pass the model by name or "
+                                 "directory, or load it quantized yourself (load_model(..., quantization_config=...)).")
+            args.model_init_kwargs = {**(args.model_init_kwargs or {}), "quantization_config": quantization_config}
         if ref_model is not None and ref_model is model:
             raise ValueError("model and ref_model are the same object; omit ref_model and a frozen copy is made.")
         self.check_args(args)

@@ -63,6 +63,21 @@ def prefix_sharing_group(wanted: bool | None, model, group_size: int, micro_batc
     return group_size if (wanted or wanted is None) and not problems else 1
 
 
+def enable_activation_checkpointing(model, kwargs: dict | None = None) -> None:
+    """Gradient (activation) checkpointing as ``transformers.Trainer`` turns it on for the offline trainers: every
+    decoder layer recomputed in the backward (``every_n_layers`` and ``offload`` taken as transformers takes
+    them), non-reentrant unless ``use_reentrant`` is given. transformers also makes the embeddings' output require
+    grad, so a LoRA policy (frozen embeddings) gets gradients under reentrant checkpointing too. A value-head
+    wrapper passes it on to its trunk. Sampling is unaffected: it runs in eval mode without grad, with its KV cache."""
+    kwargs = dict(kwargs or {})
+    layout = {k: kwargs.pop(k) for k in ("every_n_layers", "offload") if k in kwargs}
+    kwargs.setdefault("use_reentrant", False)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **layout)
+    else:  # transformers before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **layout)
+
+
 class OnlineTrainer:
     method = "online"  # the name on the model card
 
@@ -93,15 +108,15 @@ class OnlineTrainer:
         if isinstance(model, str):
             model = load_model(model, "causal-lm", seed=args.seed, trust_remote_code=args.trust_remote_code,
                                **(args.model_init_kwargs or {}))
-        if peft_config is not None:
-            model = add_adapter(model, peft_config, args.seed)
+        # a quantized base: prepared for k-bit training, and an error without an adapter
+        model = add_adapter(model, peft_config, args.seed, args.gradient_checkpointing,
+                            args.gradient_checkpointing_kwargs)
         # with prefix sharing, the rows of a group stay together in micro-batches and share one prompt forward
         self.shared_group = prefix_sharing_group(args.prefix_sharing, model, group_size, args.per_device_train_batch_size)
         if args.disable_dropout:  # after LoRA: its dropout too would make the two log-probs of the ratio differ
             disable_dropout(model)
         if args.gradient_checkpointing:
-            getattr(model, "pretrained_model", model).gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False})
+            enable_activation_checkpointing(model, args.gradient_checkpointing_kwargs)
         self.dataset_name = train_dataset if isinstance(train_dataset, str) else None
         name = type(self).__name__
         self.train_prompts = load_prompts(train_dataset, self.tokenizer, args.max_prompt_length, name) \

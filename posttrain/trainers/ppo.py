@@ -75,7 +75,9 @@ class PPOTrainer(OnlineTrainer):
         if not hasattr(model, "v_head"):
             wrapper = AutoModelForSeq2SeqLMWithValueHead if is_encoder_decoder(model) else AutoModelForCausalLMWithValueHead
             name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "")
-            model = wrapper.from_pretrained(model, peft_config=peft_config, seed=args.seed)
+            model = wrapper.from_pretrained(model, peft_config=peft_config, seed=args.seed,
+                                            **({"trust_remote_code": args.trust_remote_code,
+                                                **(args.model_init_kwargs or {})} if isinstance(model, str) else {}))
             model.config.name_or_path = name
         super().__init__(model, args, reward_funcs=reward_funcs, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,

@@ -63,9 +63,11 @@ class RewardTrainer(PostTrainer):
         if not isinstance(args, RewardConfig):
             raise TypeError(f"RewardTrainer needs a posttrain RewardConfig as args, got "
                             f"{type(args).__module__}.{type(args).__name__}; import it from posttrain too.")
-        if quantization_config is not None:
-            raise ValueError("quantization_config is not implemented in posttrain; load the quantized model yourself "
-                             "and pass it as model.")
+        if quantization_config is not None:  # TRL 0.x's argument: the base is loaded quantized
+            if not isinstance(model, str):
+                raise ValueError("quantization_config applies when the model is loaded: pass the model by name or "
+                                 "directory, or load it quantized yourself (load_model(..., quantization_config=...)).")
+            args.model_init_kwargs = {**(args.model_init_kwargs or {}), "quantization_config": quantization_config}
         super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, peft_config=peft_config, data_collator=data_collator,
                          callbacks=callbacks, compute_metrics=compute_metrics, optimizers=optimizers,
