@@ -205,3 +205,17 @@ def test_the_command_line_trains_a_qlora_adapter(tmp_path):
                  "--disable_tqdm", "true"]) == 0
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
     assert is_quantized(load_model(str(out), quantization_config=NF4, seed=42))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_quantized_lora_with_gradient_checkpointing_trains_the_same(tmp_path, reentrant):
+    losses = []
+    for checkpointing in (False, True):
+        args = SFTConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, learning_rate=3e-3,
+                         logging_steps=1, gradient_checkpointing=checkpointing,
+                         gradient_checkpointing_kwargs={"use_reentrant": reentrant},
+                         model_init_kwargs={"quantization_config": NF4}, **RUN)
+        trainer = SFTTrainer("tiny:llama", args, train_dataset=toy.prompt_completion(32, seed=1), peft_config=lora())
+        trainer.train()
+        losses.append([e["loss"] for e in trainer.state.log_history if "loss" in e])
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-5)

@@ -156,15 +156,14 @@ def is_encoder_decoder(model) -> bool:
     return bool(getattr(transformers.AutoConfig.from_pretrained(model), "is_encoder_decoder", False))
 
 
-def add_adapter(model, peft_config, seed: int, gradient_checkpointing: bool | None = False,
-                gradient_checkpointing_kwargs: dict | None = None):
+def add_adapter(model, peft_config, seed: int):
     """``peft.get_peft_model`` with the global RNG seeded first: the adapter's initial weights are drawn
     from it, so the same seed gives the same adapter (and the same first steps as TRL, which seeds first).
     A quantized base is prepared for k-bit training first (:func:`prepare_quantized`); ``peft_config=None``
     returns the model as it is, unless it is a quantized base without an adapter (an error)."""
     import peft
 
-    model = prepare_quantized(model, peft_config, gradient_checkpointing, gradient_checkpointing_kwargs)
+    model = prepare_quantized(model, peft_config)
     if peft_config is None:
         return model
     transformers.set_seed(seed)
@@ -197,12 +196,11 @@ def has_adapter(model) -> bool:
     return any(isinstance(m, peft.PeftModel) or getattr(m, "_hf_peft_config_loaded", False) for m in model.modules())
 
 
-def prepare_quantized(model, peft_config, gradient_checkpointing: bool | None = False,
-                      gradient_checkpointing_kwargs: dict | None = None):
+def prepare_quantized(model, peft_config):
     """A quantized base trains only through an adapter (its weights are frozen integers): without ``peft_config``
     (and no adapter already on it) that is an error; with one, ``peft.prepare_model_for_kbit_training`` freezes
-    the base, keeps norms and other small float weights in float32, and makes the inputs carry gradients so
-    checkpointed layers pass them on. Other models are returned untouched."""
+    the base and keeps norms and other small float weights in float32. Gradient checkpointing is left to the
+    trainers (one place turns it on, with the inputs made to carry gradients). Other models are returned as they are."""
     if not is_quantized(model):
         return model
     if peft_config is None:
@@ -213,9 +211,7 @@ def prepare_quantized(model, peft_config, gradient_checkpointing: bool | None = 
                          "line), or load the model without quantization.")
     import peft
 
-    kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gradient_checkpointing),
-                                                gradient_checkpointing_kwargs=kwargs)
+    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def _no_cpu_inference_packing(model) -> None:

@@ -41,8 +41,7 @@ class PostTrainer(transformers.Trainer):
         if processing_class is None:
             processing_class = load_tokenizer(self.base_model_name)
         # a quantized base: prepared for k-bit training, and an error without an adapter
-        model = add_adapter(model, peft_config, args.seed, args.gradient_checkpointing,
-                            args.gradient_checkpointing_kwargs)
+        model = add_adapter(model, peft_config, args.seed)
         self.dataset_name = train_dataset if isinstance(train_dataset, str) else None
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._tokens_since_log, self._last_log_time = 0, None

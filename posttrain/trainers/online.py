@@ -109,8 +109,7 @@ class OnlineTrainer:
             model = load_model(model, "causal-lm", seed=args.seed, trust_remote_code=args.trust_remote_code,
                                **(args.model_init_kwargs or {}))
         # a quantized base: prepared for k-bit training, and an error without an adapter
-        model = add_adapter(model, peft_config, args.seed, args.gradient_checkpointing,
-                            args.gradient_checkpointing_kwargs)
+        model = add_adapter(model, peft_config, args.seed)
         # with prefix sharing, the rows of a group stay together in micro-batches and share one prompt forward
         self.shared_group = prefix_sharing_group(args.prefix_sharing, model, group_size, args.per_device_train_batch_size)
         if args.disable_dropout:  # after LoRA: its dropout too would make the two log-probs of the ratio differ
