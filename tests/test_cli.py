@@ -208,11 +208,12 @@ def test_model_flags_reach_model_loading(tmp_path, saved_model):
         == "all-linear"
 
 
-def test_quantization_and_streaming_flags_are_clear_errors(capsys):
-    for flag in ("--load_in_4bit", "--load_in_8bit"):
+def test_quantization_without_lora_and_streaming_flags_are_clear_errors(capsys):
+    for flag in ("--load_in_4bit", "--load_in_8bit"):  # a quantized base trains only through an adapter
         with pytest.raises(SystemExit):
             main(["sft", "--dataset_name", "d.jsonl", flag, "true"])
-        assert f"--{flag[2:]}: quantized bases are not supported yet" in capsys.readouterr().err
+        assert f"--{flag[2:]}: a quantized base trains only through a LoRA adapter; add --use_peft" in \
+            capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sft", "--dataset_name", "d.jsonl", "--dataset_streaming", "true"])
     assert "streaming datasets are not supported yet" in capsys.readouterr().err
