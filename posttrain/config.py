@@ -9,15 +9,84 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import TrainingArguments
 
+from .errors import ConfigError
+
 # LoRA task type per posttrain task, when --lora_task_type is not given.
 _LORA_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+# ---- range checks: every config's numbers are checked in __post_init__, before any work ----------------
+Rule = tuple[Callable[[Any], bool], str]  # (test, the valid range in words)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def rule(test: Callable[[Any], bool], valid: str, none: str | None = None) -> Rule:
+    """A range rule: ``test(value)`` holds; None passes too when ``none`` says what None means."""
+    def check(v) -> bool:
+        if v is None:
+            return none is not None
+        try:
+            return bool(test(v))
+        except (TypeError, ValueError):
+            return False
+
+    return check, valid + (f", or None ({none})" if none else "")
+
+
+def integer(low: int, none: str | None = None, note: str = "") -> Rule:
+    return rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}{note}", none)
+
+
+def positive(none: str | None = None, note: str = "") -> Rule:
+    return rule(lambda v: _is_finite(v) and v > 0, f"a finite number > 0{note}", none)
+
+
+def non_negative(none: str | None = None, note: str = "") -> Rule:
+    return rule(lambda v: _is_finite(v) and v >= 0, f"a finite number >= 0{note}", none)
+
+
+def interval(low: float, high: float, closed: str = "[]", none: str | None = None, note: str = "") -> Rule:
+    """A number in [low, high] (``closed`` "[)", "(]" or "()" for open ends)."""
+    def test(v):
+        return (_is_finite(v) and (v >= low if closed[0] == "[" else v > low)
+                and (v <= high if closed[1] == "]" else v < high))
+
+    return rule(test, f"a number in {closed[0]}{low:g}, {high:g}{closed[1]}{note}", none)
+
+
+SEED = rule(lambda v: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
+
+
+def check_ranges(config, rules: dict[str, Rule]) -> None:
+    """Raise a ConfigError naming the first field of ``rules`` whose value is out of its range (fields the config
+    lacks are skipped)."""
+    for name, (test, valid) in rules.items():
+        if hasattr(config, name) and not test(getattr(config, name)):
+            raise ConfigError(f"{name}={getattr(config, name)!r} is out of range: it must be {valid}.")
+
+
+def config_rules(config) -> dict[str, Rule]:
+    """The range rules of a config: the ``RANGES`` of its classes, a subclass's rule replacing its base's."""
+    rules: dict[str, Rule] = {}
+    for cls in reversed(type(config).__mro__):
+        rules.update(vars(cls).get("RANGES", {}))
+    return rules
 
 
 @dataclass
@@ -79,7 +148,10 @@ class ModelArguments:
     bnb_4bit_quant_storage: str | None = field(default=None, metadata={
         "help": "Storage dtype of packed 4-bit weights (default uint8; bfloat16 to shard them with FSDP)."})
 
+    RANGES = {"lora_r": integer(1), "lora_alpha": positive(), "lora_dropout": interval(0, 1, "[)")}
+
     def __post_init__(self):
+        check_ranges(self, self.RANGES)
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("--load_in_4bit and --load_in_8bit are exclusive: pick one.")
         if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
@@ -175,6 +247,7 @@ class DataArguments:
                 "--eval_dataset is given; turns evaluation on."})
 
     def __post_init__(self):
+        check_ranges(self, {"eval_fraction": interval(0, 1, "[)", note=" (0: no held-out evaluation rows)")})
         if self.dataset_streaming:
             raise ValueError("--dataset_streaming: streaming datasets are not supported yet. Drop the flag; the "
                              "dataset is loaded (memory-mapped by datasets) instead.")
@@ -239,10 +312,40 @@ class SharedConfig:
         "help": "Keyword arguments for from_pretrained (e.g. {\"dtype\": \"bfloat16\"}) when the model is given "
                 "by name; a JSON string on the command line."})
 
+    # The ranges of TrainingArguments' fields and of the fields several configs share (a config lacking one skips
+    # it); each config class adds its own in RANGES. Checked first thing in __post_init__ (resolve_shared).
+    RANGES = {
+        "max_steps": rule(lambda v: _is_int(v) and (v == -1 or v >= 1),
+                          "-1 (train for num_train_epochs, as in transformers) or an integer >= 1"),
+        "num_train_epochs": positive(),
+        "per_device_train_batch_size": integer(1),
+        "per_device_eval_batch_size": integer(1),
+        "gradient_accumulation_steps": integer(1),
+        "learning_rate": positive(),
+        "warmup_steps": non_negative(note=" (below 1: a fraction of the training steps)"),
+        "weight_decay": non_negative(),
+        "adam_beta1": interval(0, 1, "[)"),
+        "adam_beta2": interval(0, 1, "[)"),
+        "adam_epsilon": non_negative(),
+        "max_grad_norm": non_negative(none="no clipping", note=" (0: no clipping)"),
+        "seed": SEED,
+        "data_seed": rule(SEED[0], SEED[1], none="the seed"),
+        "logging_steps": positive(note=" (below 1: a fraction of the training steps)"),
+        "eval_steps": positive(none="logging_steps", note=" (below 1: a fraction of the training steps)"),
+        "save_steps": positive(note=" (below 1: a fraction of the training steps)"),
+        "dataloader_num_workers": integer(0),
+        "dataset_num_proc": integer(1, none="this process only"),
+        "max_length": integer(1, none="no limit"),
+        "max_prompt_length": integer(1, none="no limit"),
+        "max_completion_length": integer(1, none="no limit"),
+    }
+
     def resolve_shared(self) -> None:
-        """TRL's ``bf16=None`` default resolved, refused TRL options refused, a JSON ``model_init_kwargs`` read;
+        """The value ranges checked (see ``RANGES``; a ConfigError names the field, its value and the range),
+        TRL's ``bf16=None`` default resolved, refused TRL options refused, a JSON ``model_init_kwargs`` read;
         with no accelerator (CUDA, MPS, XPU, ...), ``use_cpu`` (else ``accelerate launch`` on CPUs runs every
         process alone, no gloo group)."""
+        check_ranges(self, config_rules(self))
         if not torch.accelerator.is_available():
             self.use_cpu = True
         if self.bf16 is None:

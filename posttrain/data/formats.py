@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import datasets
 
+from ..errors import PostTrainError
+
 logger = logging.getLogger(__name__)
 
 # format -> (required columns, optional columns). Message-list values are "conversational".
@@ -31,7 +33,7 @@ _DETECTION_ORDER = ("preference", "unpaired_preference", "implicit_preference", 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(PostTrainError, ValueError):
     """A dataset row or column is not what the trainer needs; the message says how to fix it."""
 
 
@@ -107,11 +109,46 @@ def _load_file(path: str) -> datasets.Dataset:
     if builder is None:
         raise DataFormatError(f"Cannot read {path!r}: unknown extension {'.' + ext if ext else '(none)'}; "
                               "use .jsonl, .json, .csv or .parquet.")
+    if builder != "parquet":
+        check_utf8(path)
     try:
         return datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as err:  # the builder's own error is long; say which file and why
         cause = err.__cause__ or err
         raise DataFormatError(f"Could not read {path!r} as {builder}: {type(cause).__name__}: {cause}") from err
+
+
+def check_utf8(path: str, block: int = 1 << 24) -> None:
+    """Raise a DataFormatError naming the file, line and column of the first byte sequence that is not UTF-8
+    (pyarrow would fail later, while the rows are read, naming neither). Reads the file once, in blocks."""
+    offset, line, line_start, tail = 0, 1, 0, b""  # bytes and lines before ``data``; where the current line starts
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(block)
+            data = tail + chunk
+            if not data:
+                return
+            try:
+                data.decode("utf-8")
+                tail = b""
+            except UnicodeDecodeError as err:
+                if chunk and err.reason == "unexpected end of data" and err.start >= len(data) - 3:
+                    data, tail = data[: err.start], data[err.start:]  # a character cut by the block's end
+                else:
+                    bad = err.start
+                    newline = data.rfind(b"\n", 0, bad)
+                    line += data.count(b"\n", 0, bad)
+                    start = offset + newline + 1 if newline >= 0 else line_start
+                    seen = data[max(newline + 1, bad - 30): bad + 10]
+                    raise DataFormatError(
+                        f"Dataset file {path!r}, line {line}, column {offset + bad - start + 1}: byte "
+                        f"{data[bad]:#04x} is not UTF-8 (near {seen!r}). Save the file as UTF-8 (e.g. `iconv -f "
+                        "latin1 -t utf-8`), or fix or drop that line.") from None
+            newline = data.rfind(b"\n")
+            if newline >= 0:
+                line_start = offset + newline + 1
+            line += data.count(b"\n")
+            offset += len(data)
 
 
 def _load_directory(path: str, name: str | None) -> datasets.DatasetDict:
@@ -123,6 +160,10 @@ def _load_directory(path: str, name: str | None) -> datasets.DatasetDict:
                                       "which has no configurations. Drop --dataset_config.")
             loaded = datasets.load_from_disk(path)
             return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        for folder, _, files in os.walk(path):  # the text files load_dataset will read, checked first
+            for file in sorted(files):
+                if os.path.splitext(file)[1].lstrip(".").lower() in ("jsonl", "json", "csv"):
+                    check_utf8(os.path.join(folder, file))
         return datasets.load_dataset(path, name=name)
     except DataFormatError:
         raise

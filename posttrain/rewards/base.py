@@ -28,11 +28,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import PostTrainError
 from ..imports import IMPORT_PATH, import_callable
 
 
-class RewardError(RuntimeError):
+class RewardError(PostTrainError, RuntimeError):
     """A reward function failed or returned something unusable; the message names it and the sample."""
+
+
+# The largest reward magnitude accepted: beyond it float32 statistics (a batch's mean and std, GAE, whitening)
+# overflow to inf, and a NaN policy follows.
+MAX_ABS_REWARD = 1e15
+NONFINITE_POLICIES = ("error", "skip")
 
 
 def reward_name(fn) -> str:
@@ -73,12 +80,14 @@ def _short(value, limit: int = 60) -> str:
 class RewardResult:
     """``rewards`` [B] float32: weighted sum over functions (None counts 0; NaN where every function
     returned None); ``valid`` [B] bool: False exactly where ``rewards`` is NaN; ``per_function``:
-    name -> [B] float32 raw (unweighted) values, NaN for None; ``num_dropped``: count of invalid samples."""
+    name -> [B] float32 raw (unweighted) values, NaN for None; ``num_dropped``: count of invalid samples;
+    ``num_nonfinite``: values skipped as None for being non-finite (``nonfinite="skip"``)."""
 
     rewards: torch.Tensor
     valid: torch.Tensor
     per_function: dict[str, torch.Tensor] = field(default_factory=dict)
     num_dropped: int = 0
+    num_nonfinite: int = 0
 
     def metrics(self) -> dict[str, float]:
         """Means for logging: ``reward``, ``reward_std`` over valid samples, and ``rewards/<name>`` (NaN skipped)."""
@@ -102,9 +111,16 @@ class RewardSet:
     precomputed=..., **columns)``) calls each function with keywords and returns a
     :class:`RewardResult`; each function's output is checked (length, numbers, finite), and a
     function that raises is re-run sample by sample so the error names the sample that fails.
+
+    ``nonfinite``: what a NaN, infinite or too large (beyond +-``MAX_ABS_REWARD``) value does: ``"error"``
+    (a RewardError naming the function and the sample) or ``"skip"`` (it counts as None; counted in
+    ``RewardResult.num_nonfinite``).
     """
 
-    def __init__(self, funcs, weights=None, names=None, allow_empty: bool = False):
+    def __init__(self, funcs, weights=None, names=None, allow_empty: bool = False, nonfinite: str = "error"):
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}.")
+        self.nonfinite = nonfinite
         if callable(funcs) or isinstance(funcs, str):
             funcs = [funcs]
         funcs = [resolve_reward(f) for f in funcs]
@@ -157,7 +173,8 @@ class RewardSet:
                 raise ValueError(f"Column {key!r} has {len(values)} values for {n} completions.")
         if trainer_state is not None:  # not per sample: passed as is, never sliced
             kwargs["trainer_state"] = trainer_state
-        sources = [(self._run(fn, name, kwargs, n), weight, name)
+        skipped = []  # one entry per non-finite value skipped
+        sources = [(self._run(fn, name, kwargs, n, self.nonfinite, skipped), weight, name)
                    for fn, weight, name in zip(self.funcs, self.weights, self.names)]
         if precomputed is not None:
             if not hasattr(precomputed, "items"):
@@ -169,7 +186,8 @@ class RewardSet:
                 if name in taken:
                     raise ValueError(f"Precomputed reward {key!r} clashes with reward {name!r}; rename it.")
                 taken.add(name)
-                sources.append((_check_values(f"Precomputed reward {key!r}", out, completions), 1.0, name))
+                sources.append((_check_values(f"Precomputed reward {key!r}", out, completions, self.nonfinite,
+                                              skipped), 1.0, name))
         total, present = torch.zeros(n, dtype=torch.float32), torch.zeros(n, dtype=torch.bool)
         per_function = {}
         for values, weight, name in sources:
@@ -179,19 +197,21 @@ class RewardSet:
             present |= mask
             total += weight * torch.where(mask, tensor, torch.zeros_like(tensor))
         total[~present] = math.nan
-        return RewardResult(total, present, per_function, int((~present).sum()))
+        return RewardResult(total, present, per_function, int((~present).sum()), len(skipped))
 
     @staticmethod
-    def _run(fn, name, kwargs, n) -> list[float | None]:
+    def _run(fn, name, kwargs, n, nonfinite="error", skipped=None) -> list[float | None]:
         try:
             out = fn(**kwargs)
         except Exception as err:
             _raise_for_sample(fn, name, kwargs, n, err)
-        return _check_values(f"Reward function {name!r}", out, kwargs["completions"])
+        return _check_values(f"Reward function {name!r}", out, kwargs["completions"], nonfinite, skipped)
 
 
-def _check_values(who, out, completions) -> list[float | None]:
-    """``out`` as a list of float | None, one per completion, or a RewardError naming ``who``."""
+def _check_values(who, out, completions, nonfinite: str = "error", skipped: list | None = None) -> list[float | None]:
+    """``out`` as a list of float | None, one per completion, or a RewardError naming ``who``. A value that is
+    not finite or beyond +-MAX_ABS_REWARD is an error, or with ``nonfinite="skip"`` None (its index appended to
+    ``skipped``)."""
     n = len(completions)
     if torch.is_tensor(out):
         out = out.tolist()
@@ -208,9 +228,17 @@ def _check_values(who, out, completions) -> list[float | None]:
         if v is not None and not isinstance(v, numbers.Real):
             raise RewardError(f"{who} returned {_short(v)} (a {type(v).__name__}) for "
                               f"sample {i}; return a float, or None where it does not apply.")
-        if v is not None and not math.isfinite(float(v)):
-            raise RewardError(f"{who} returned {v} for sample {i} (completion "
-                              f"{_short(completions[i])}); rewards must be finite. Return None to skip a sample.")
+        if v is not None and not abs(float(v)) <= MAX_ABS_REWARD:  # NaN fails this too
+            if nonfinite == "skip":
+                if skipped is not None:
+                    skipped.append(i)
+                v = None
+            else:
+                raise RewardError(
+                    f"{who} returned {v} for sample {i} (completion {_short(completions[i])}); rewards must be "
+                    f"finite, within +-{MAX_ABS_REWARD:g} (beyond it float32 statistics overflow). Return None to "
+                    "skip a sample, or set nonfinite_rewards='skip' (CLI: --nonfinite_rewards skip) to drop such "
+                    "values and count them in the logs.")
         values.append(None if v is None else float(v))
     return values
 

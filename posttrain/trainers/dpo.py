@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
 from .. import distributed
-from ..config import PostTrainConfig, check_padding, unimplemented
+from ..config import PostTrainConfig, check_padding, integer, interval, positive, rule, unimplemented
 from ..data.collate import PreferenceCollator, SharedPrefixCollator
 from ..data.formats import DataFormatError
 from ..data.tokenize import tokenize_preference_row
@@ -96,6 +96,12 @@ class DPOConfig(PostTrainConfig):
     ref_model_mixup_alpha: float = unimplemented(0.6, "TR-DPO's mixing α.")
     ref_model_sync_steps: int = unimplemented(512, "TR-DPO's sync interval.")
     pad_token: str | None = unimplemented(None, "deprecated in TRL; set tokenizer.pad_token instead.")
+
+    RANGES = {"beta": positive(), "label_smoothing": interval(0, 0.5, "[)", note=" (a rate of flipped labels)"),
+              "discopop_tau": positive(), "simpo_gamma": rule(lambda v: abs(v) < float("inf"), "a finite number"),
+              "loss_weights": rule(lambda v: all(abs(w) < float("inf") for w in v), "a list of finite numbers",
+                                   none="1.0 each"),
+              "precompute_ref_batch_size": integer(1, none="the training or evaluation batch size")}
 
     def __post_init__(self):
         if isinstance(self.loss_type, str):

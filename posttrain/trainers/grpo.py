@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..losses.logprobs import completion_logps
 from ..losses.rl import LOSS_TYPES, aggregate, clipped_policy_loss, group_advantages, grpo_kl
+from ..config import integer, non_negative, positive
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
 from .trl_fields import TRLGRPOFields
@@ -40,6 +41,12 @@ class GRPOConfig(OnlineConfig, TRLGRPOFields):
                 "dapo (mean over all tokens of the optimizer step, on every process: TRL's default)."})
     use_bias_correction_kl: bool = field(default=True, metadata={
         "help": "Weight the per-token KL by the importance ratio, an unbiased KL gradient off-policy (TRL's default)."})
+
+    RANGES = {"num_generations": integer(2, note=" (the group's other samples are the baseline)"),
+              "beta": non_negative(note=" (0: no KL term, no reference model)"),
+              "epsilon": positive(), "epsilon_high": positive(none="epsilon"),
+              "temperature": positive(note=": greedy decoding (0) samples one completion G times, so every "
+                                      "group's rewards are equal and nothing is learned")}
 
     def __post_init__(self):
         super().__post_init__()

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import PostTrainConfig, check_padding, unimplemented
+from ..config import (ConfigError, PostTrainConfig, check_padding, check_ranges, config_rules, non_negative, positive,
+                      unimplemented)
 from ..data.collate import UnpairedCollator
 from ..data.formats import load_rows
 from ..data.tokenize import extract_prompt, tokenize_unpaired_row
@@ -61,7 +62,13 @@ class KTOConfig(PostTrainConfig):
     ref_model_mixup_alpha: float = unimplemented(0.6, "TR-DPO's mixing α.")
     ref_model_sync_steps: int = unimplemented(512, "TR-DPO's sync interval.")
 
+    RANGES = {"beta": positive(), "desirable_weight": non_negative(), "undesirable_weight": non_negative()}
+
     def __post_init__(self):
+        check_ranges(self, config_rules(self))
+        if self.desirable_weight == 0 and self.undesirable_weight == 0:
+            raise ConfigError("desirable_weight=0 and undesirable_weight=0: every row would weigh 0; give at least "
+                              "one of them a weight > 0.")
         if self.loss_type not in UNPAIRED_LOSSES:
             raise ValueError(f"Unknown KTO loss_type {self.loss_type!r}; choose from {', '.join(UNPAIRED_LOSSES)} "
                              "(paired losses are DPOTrainer's).")

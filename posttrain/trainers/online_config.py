@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..config import SharedConfig
+from ..config import SharedConfig, integer, interval, non_negative, rule
 from ..rollout import SamplingConfig
 from ..rollout.sampling import BACKENDS
 
@@ -68,6 +68,15 @@ class OnlineConfig(SharedConfig, TrainingArguments):
                 "Not in TRL, which picks as auto does."})
     reward_weights: list[float] | None = field(default=None, metadata={
         "help": "A weight per reward function (default: 1 each); the reward is their weighted sum."})
+    nonfinite_rewards: str = field(default="error", metadata={
+        "help": "A reward that is NaN, infinite or beyond +-1e15 (where float32 statistics overflow): 'error' "
+                "(default: stop, naming the reward function and the sample) or 'skip' (treat it as None: the "
+                "sample is dropped, and counted in the logs as nonfinite_rewards). Not in TRL.",
+        "choices": ["error", "skip"]})
+    max_unscored_generations: int = field(default=3, metadata={
+        "help": "Stop with an error after this many generations in a row in which no completion got a reward "
+                "(every reward function returned None for every sample: nothing to learn from). 0: never stop. "
+                "Not in TRL."})
     prefix_sharing: bool | None = field(default=None, metadata={
         "help": "GRPO/RLOO (posttrain): compute each prompt once per group in the policy and reference forwards, "
                 "one row prompt + completion_1 + ... + completion_G with a mask that lets each completion see the "
@@ -79,8 +88,25 @@ class OnlineConfig(SharedConfig, TrainingArguments):
         "help": "Turn dropout off in the policy so sampling-time and update-time log-probs agree. posttrain's "
                 "default is True; TRL's GRPO/RLOO default is False (then the importance ratio is noisy)."})
 
+    RANGES = {
+        "num_iterations": integer(1),
+        "max_completion_length": integer(1),
+        "steps_per_generation": integer(1, none="gradient_accumulation_steps"),
+        "generation_batch_size": integer(1, none="from steps_per_generation"),
+        "temperature": non_negative(note=" (0: greedy)"),
+        "top_p": interval(0, 1, "(]", note=" (1: off)"),
+        "top_k": integer(0, note=" (0: off)"),
+        "min_p": interval(0, 1, none="off"),
+        "reward_weights": rule(lambda v: all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                             and math.isfinite(w) for w in v), "a list of finite numbers",
+                               none="1 each"),
+        "max_unscored_generations": integer(0, note=" (0: never stop)"),
+    }
+
     def __post_init__(self):
-        self.resolve_shared()  # also refuses TRL fields posttrain lacks (trl_fields.py) unless at their default
+        self.resolve_shared()  # checks RANGES; refuses TRL fields posttrain lacks (trl_fields.py) unless at default
+        if self.nonfinite_rewards not in ("error", "skip"):
+            raise ValueError(f"nonfinite_rewards must be 'error' or 'skip', got {self.nonfinite_rewards!r}.")
         if isinstance(self.generation_kwargs, str):
             try:
                 self.generation_kwargs = json.loads(self.generation_kwargs)

@@ -28,6 +28,7 @@ from ..losses.rl import (RunningMoments, clipped_policy_loss, clipped_value_loss
 from ..models.loading import is_encoder_decoder
 from ..models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
 from ..rollout import Rollout, pad_with_attention
+from ..config import integer, interval, non_negative, positive
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
 
@@ -58,6 +59,11 @@ class PPOConfig(OnlineConfig):
     num_iterations: int = field(default=4, metadata={
         "help": "PPO epochs over each generation (TRL 0.11's ppo_epochs)."})
     learning_rate: float = field(default=1.41e-5, metadata={"help": "AdamW learning rate."})
+
+    RANGES = {"gamma": interval(0, 1), "lam": interval(0, 1), "cliprange": positive(), "cliprange_value": positive(),
+              "vf_coef": non_negative(), "init_kl_coef": non_negative(),
+              "target_kl": positive(none="keep init_kl_coef fixed"), "kl_horizon": integer(1),
+              "score_clip": positive(none="off"), "early_stop_kl": non_negative(none="never")}
 
 
 class PPOTrainer(OnlineTrainer):

@@ -33,6 +33,8 @@ from ..eval.policy import evaluate_policy
 from ..losses.logprobs import forward_completion
 from ..losses.rl import aggregate
 from ..rollout import Rollout, pad_with_attention
+from ..config import ConfigError, integer
+from ..rewards import RewardError
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
 
@@ -55,8 +57,18 @@ class ReSTConfig(OnlineConfig):
         "help": "Learning-rate schedule, stepped once per Improve step."})
     reference: str = field(default="none", metadata={"help": "ReST keeps no reference model."})
 
+    RANGES = {"grow_steps": integer(1), "improve_steps": integer(1), "num_generations": integer(1)}
+
     def __post_init__(self):
         super().__post_init__()
+        for name in ("thresholds", "threshold_quantiles"):
+            values = getattr(self, name)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise ConfigError(f"{name}={values!r} is out of range: it must be a list of finite numbers.")
+            used = values[: self.improve_steps]
+            if any(b < a for a, b in zip(used, used[1:])):
+                raise ConfigError(f"{name}={values!r}: the thresholds of the Improve steps must rise (each at least "
+                                  "the one before), as in ReST; sort them.")
         if self.max_steps > 0:
             raise ValueError("ReST's length is grow_steps x (1 + improve_steps) phases; leave max_steps unset.")
         if self.thresholds and len(self.thresholds) != self.improve_steps:
@@ -65,7 +77,8 @@ class ReSTConfig(OnlineConfig):
             raise ValueError(f"--threshold_quantiles has {len(self.threshold_quantiles)} values for "
                              f"{self.improve_steps} improve steps; give one per step.")
         if any(not 0 <= q <= 1 for q in self.threshold_quantiles):
-            raise ValueError("threshold_quantiles must lie in [0, 1].")
+            raise ConfigError(f"threshold_quantiles={self.threshold_quantiles!r} is out of range: each must be a "
+                              "quantile in [0, 1] (0.9: the best 10% of the grown samples).")
 
 
 class ReSTTrainer(OnlineTrainer):
@@ -93,6 +106,12 @@ class ReSTTrainer(OnlineTrainer):
             if phase == 0:  # 1. Grow
                 grown = self.grow(g)
                 scored = [s["reward"] for s in grown if s["reward"] is not None]
+                if not scored and self.args.max_unscored_generations:  # a Grow step is a whole dataset: stop now
+                    names = ", ".join(self.rewards.names) if self.rewards else "the environment's rewards"
+                    raise RewardError(f"Grow step {g}: none of the {len(grown)} grown samples got a reward (every "
+                                      f"reward function ({names}) returned None for each), so ReST has nothing to "
+                                      "filter or learn from. Check the reward functions (None means 'does not "
+                                      "apply').")
                 entry = {"grow": g, "improve": -1, "grow_reward": sum(scored) / max(len(scored), 1),
                          "dropped": len(grown) - len(scored)}
             else:  # 2. Improve on the samples above this step's threshold

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import PostTrainConfig, check_padding, unimplemented
+from ..config import PostTrainConfig, check_padding, non_negative, unimplemented
 from ..data.collate import PreferenceCollator
 from ..data.tokenize import tokenize_preference_row
 from ..losses import bradley_terry_loss
@@ -34,6 +34,8 @@ class RewardConfig(PostTrainConfig):
     chat_template_path: str | None = unimplemented(None, "a tokenizer or Jinja file whose chat template to use.")
     eos_token: str | None = unimplemented(None, "the end-of-turn token (default: the tokenizer's).")
     pad_token: str | None = unimplemented(None, "deprecated in TRL; set tokenizer.pad_token instead.")
+
+    RANGES = {"center_rewards_coefficient": non_negative(none="off")}
 
     def __post_init__(self):
         check_padding(self)

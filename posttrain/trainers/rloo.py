@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..losses.logprobs import completion_logps
 from ..losses.rl import leave_one_out_advantages, rloo_sequence_loss
+from ..config import integer, non_negative, positive
 from .online import OnlineTrainer
 from .online_config import OnlineConfig
 from .trl_fields import TRLRLOOFields
@@ -34,6 +35,12 @@ class RLOOConfig(OnlineConfig, TRLRLOOFields):
     epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range; default: epsilon."})
     normalize_advantages: bool = field(default=False, metadata={
         "help": "Normalise the advantages over the batch (mean 0, std 1), as TRL's option of that name."})
+
+    RANGES = {"num_generations": integer(2, note=" (the group's other samples are the baseline)"),
+              "beta": non_negative(note=" (0: no KL term, no reference model)"),
+              "epsilon": positive(), "epsilon_high": positive(none="epsilon"),
+              "temperature": positive(note=": greedy decoding (0) samples one completion G times, so every "
+                                      "group's rewards are equal and nothing is learned")}
 
     def __post_init__(self):
         super().__post_init__()
