@@ -304,6 +304,9 @@ class SharedConfig:
         "help": "Keep at most this many checkpoints in output_dir (oldest deleted first). Default 2 so a long "
                 "run cannot fill the disk; TRL keeps all: save_total_limit=None (YAML: null) for that."})
     bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Take over an output_dir whose lock another live run holds (posttrain lets one run write to a "
+                "directory at a time; a lock left by a dead run is taken over anyway, with a warning)."})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": GRADIENT_CHECKPOINTING_HELP})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow a hub model or tokenizer given by name to run its own Python code (custom "

@@ -4,12 +4,13 @@ other)."""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from transformers import PrinterCallback, ProgressCallback
 
-from .checkpoint import resolve_resume
+from .checkpoint import finished_step, has_complete_model, output_dir_lock, resolve_resume
 from .config import DataArguments, ModelArguments
 from .data.formats import DataFormatError, load_rows, load_splits
 from .rewards import BUILTIN_REWARDS
@@ -86,7 +87,17 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
     """Build the trainer for ``command``, train, evaluate, save to ``config.output_dir``; returns the trainer.
 
     ``callbacks``: ``transformers.TrainerCallback`` objects (every trainer takes them). ``bar_only``: show
-    the progress bar (with the latest loss, or reward and KL) but do not print every log entry."""
+    the progress bar (with the latest loss, or reward and KL) but do not print every log entry.
+
+    The run holds ``config.output_dir`` from start to end (``checkpoint.output_dir_lock``: a second run into it
+    fails at once, an unwritable or full disk fails before training); resuming a run that already ended does
+    no work, and keeps the final model already saved."""
+    with output_dir_lock(config.output_dir, overwrite=bool(getattr(config, "overwrite_output_dir", False)),
+                         save_total_limit=config.save_total_limit, enabled=int(os.environ.get("RANK", "0")) == 0):
+        return _run_training(command, model_args, data_args, config, callbacks, bar_only)
+
+
+def _run_training(command, model_args, data_args, config, callbacks, bar_only):
     from .models.loading import is_encoder_decoder, load_model, load_tokenizer
 
     trainer_cls, _, task, _ = COMMANDS[command]
@@ -118,8 +129,13 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
         trainer.remove_callback(ProgressCallback)
         if not config.disable_tqdm:
             trainer.add_callback(BarOnlyProgress)
-    trainer.eval_before = trainer.evaluate() if online and eval_rows is not None else {}
-    trainer.train(resume_from_checkpoint=resolve_resume(config.resume_from_checkpoint, config.output_dir))
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    finished = finished_step(resume, trainer.state.max_steps if online else config.max_steps, config.num_train_epochs)
+    trainer.eval_before = trainer.evaluate() if online and eval_rows is not None and finished is None else {}
+    trainer.train(resume_from_checkpoint=resume)
+    if getattr(trainer, "finished_at_start", False) and has_complete_model(config.output_dir):
+        trainer.eval_after = {}  # an ended run, its final model saved: nothing to do
+        return trainer
     if eval_rows is not None:
         trainer.eval_after = trainer.evaluate()
     trainer.save_model(config.output_dir)

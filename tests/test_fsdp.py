@@ -172,6 +172,6 @@ def test_final_save_replaces_an_older_model_and_never_mixes_the_two(tmp_path):
     with atomic_save(OneProcess(), str(out)) as staging:
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             Path(staging, name).write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.json", "model.safetensors",
-                                                     "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".posttrain-complete", "checkpoint-2", "config.json",
+                                                     "model.safetensors", "tokenizer.json"]  # the marker: written last
     assert all((out / n).read_text() == "new" for n in ("config.json", "model.safetensors", "tokenizer.json"))

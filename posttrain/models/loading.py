@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import transformers
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+from ..checkpoint import check_saved_model
 from .tiny import build_tiny_model, build_tokenizer
 
 _AUTO_CLASSES = {
@@ -27,11 +30,46 @@ def resolve_dtype(dtype: str | torch.dtype | None):
     return _DTYPES[dtype]
 
 
+MODEL_FORMS = ("give a local model directory, a tiny:<arch> name, or a hub name (offline: hub names need a local "
+               "cache)")
+
+
+def check_model_source(name_or_path) -> None:
+    """A ``model_name_or_path`` that names a local path which is not there, or a directory with no model in it,
+    fails here saying so (transformers would take it for a hub repo id, or say it cannot reach the hub)."""
+    name = os.fspath(name_or_path)
+    if name.startswith("tiny:"):
+        return
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
+            raise FileNotFoundError(f"--model_name_or_path {name}: the directory has no config.json (nor "
+                                    "adapter_config.json), so it holds no model saved with save_pretrained; "
+                                    + MODEL_FORMS)
+        return
+    if os.path.exists(path):
+        raise FileNotFoundError(f"--model_name_or_path {name}: a file, not a model directory; " + MODEL_FORMS)
+    if os.path.isabs(path) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FileNotFoundError(f"--model_name_or_path {name}: no such directory; " + MODEL_FORMS)
+
+
+def _hub_error(name: str, err: OSError) -> OSError:
+    """A hub name that cannot be loaded, said in one line with what to give instead."""
+    from huggingface_hub import constants
+
+    offline = " (HF_HUB_OFFLINE=1: the hub is not asked)" if constants.HF_HUB_OFFLINE else ""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return OSError(f"--model_name_or_path {name}: not a local directory, and as a hub name it cannot be "
+                   f"loaded{offline}: {first} Check the name; or " + MODEL_FORMS + ".")
+
+
 def load_tokenizer(name_or_path: str, **kwargs) -> transformers.PreTrainedTokenizerBase:
     """The tokenizer for a model name; a tokenizer without a pad token gets eos as pad (said in a warning).
     ``kwargs`` go to ``AutoTokenizer.from_pretrained`` (e.g. ``revision``, ``trust_remote_code``)."""
     if name_or_path.startswith("tiny:"):
         return build_tokenizer()
+    check_saved_model(name_or_path)  # a posttrain save killed midway: finished, or a clear error
+    check_model_source(name_or_path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         logger.warning("Tokenizer %s has no pad token; using its eos token %r for padding.", name_or_path,
@@ -54,6 +92,7 @@ def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dt
     """
     if task not in _AUTO_CLASSES:
         raise ValueError(f"Unknown task {task!r}; expected one of {sorted(_AUTO_CLASSES)}.")
+    check_saved_model(name_or_path)  # a posttrain save killed midway: finished, or a clear error
     dtype = resolve_dtype(dtype)
     quantization = kwargs.get("quantization_config")
     if isinstance(quantization, dict):  # from JSON (--model_init_kwargs, YAML)
@@ -81,7 +120,13 @@ def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dt
         kwargs["attn_implementation"] = attn_implementation
     hub = {"revision": revision} if revision else {}
     hub["trust_remote_code"] = trust_remote_code
-    config = transformers.AutoConfig.from_pretrained(name_or_path, **hub)
+    check_model_source(name_or_path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(name_or_path, **hub)
+    except OSError as err:
+        if os.path.isdir(os.path.expanduser(name_or_path)):
+            raise
+        raise _hub_error(name_or_path, err) from err
     if task == "causal-lm" and getattr(config, "is_encoder_decoder", False):
         task = "seq2seq"
     with torch.random.fork_rng(devices=[]):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ..checkpoint import check_saved_model
 from .loading import load_model, prepare_quantized
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -195,6 +196,8 @@ class _PreTrainedModelWithValueHead(nn.Module):
         is_dir = isinstance(source, (str, os.PathLike)) and os.path.isdir(source)
         if isinstance(source, (str, os.PathLike)):
             source = str(source)
+            if is_dir:
+                check_saved_model(source)  # a posttrain save killed midway: finished, or a clear error
             if is_dir and os.path.exists(os.path.join(source, "adapter_config.json")):
                 if peft_config is not None:
                     raise ValueError(f"{source} already holds a LoRA adapter; do not pass peft_config as well.")

@@ -15,7 +15,7 @@ import transformers
 from .. import __version__
 from ..card import final_metrics, write_model_card
 from .. import distributed
-from ..checkpoint import atomic_checkpoint, atomic_save, checkpoint_name
+from ..checkpoint import atomic_checkpoint, atomic_save, checkpoint_name, finished_step, output_dir_lock
 from ..data.formats import load_rows, validate
 from ..data.tokenize import TOKENIZATION_VERSION, check_tokenizer
 from ..models.loading import add_adapter, disable_dropout, load_model, load_tokenizer
@@ -101,9 +101,33 @@ class PostTrainer(transformers.Trainer):
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
-    def train(self, *args, **kwargs):
-        self._last_log_time, self._tokens_since_log = time.perf_counter(), 0
-        return super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``transformers.Trainer.train`` holding ``output_dir`` (``checkpoint.output_dir_lock``) when it writes
+        checkpoints. Resuming from a checkpoint that already reached the end of the run does no work: it says so,
+        loads the checkpoint's weights and state, and returns (transformers would train one more step)."""
+        with self.hold_output_dir(writes=self.args.save_strategy != "no"):
+            path = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+            if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
+                path = transformers.trainer_utils.get_last_checkpoint(self.args.output_dir)
+            done = finished_step(path, self.args.max_steps, self.args.num_train_epochs)
+            if done is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+                transformers.utils.logging.get_logger(__name__).warning(
+                    "%s is at step %d, the end of this run: nothing to train (raise max_steps to train on).", path, done)
+                self._load_from_checkpoint(path)
+                self.state = transformers.TrainerState.load_from_json(
+                    os.path.join(path, transformers.trainer.TRAINER_STATE_NAME))
+                self.finished_at_start = True
+                metrics = self.final_metrics()
+                return transformers.trainer_utils.TrainOutput(self.state.global_step, metrics.get("train_loss", metrics.get("loss", 0.0)),
+                                                              metrics)
+            self._last_log_time, self._tokens_since_log = time.perf_counter(), 0
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def hold_output_dir(self, writes: bool = True):
+        """One writer per ``output_dir`` (``checkpoint.output_dir_lock``), taken by the main process."""
+        return output_dir_lock(self.args.output_dir, overwrite=bool(getattr(self.args, "overwrite_output_dir", False)),
+                               save_total_limit=self.args.save_total_limit,
+                               enabled=writes and self.is_world_process_zero())
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation runs the training loss (and records the same metrics, under ``eval_``)."""
@@ -141,7 +165,8 @@ class PostTrainer(transformers.Trainer):
             super().save_model(output_dir, _internal_call=True)
             self._write_card(output_dir)
             return
-        with atomic_save(self.accelerator, output_dir) as staging:
+        with self.hold_output_dir(writes=os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)), \
+                atomic_save(self.accelerator, output_dir) as staging:
             if distributed.is_fsdp(self.accelerator):  # gathered from every process's shards
                 self._save(staging, state_dict=distributed.full_state_dict(self.accelerator, self.model))
             else:

@@ -13,6 +13,7 @@ in one place: rollouts in ``rollout/``, log-probs in ``losses/logprobs.py``, the
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from ..hub import push_folder
 from ..models.loading import add_adapter, disable_dropout, is_encoder_decoder, load_model, load_tokenizer
 from ..models.reference import online_reference, peft_trunk
 from ..rewards import RewardSet
-from ..rewards.base import score_rollout
+from ..rewards.base import RewardError, score_rollout
 from ..rollout import PolicySampler, Rollout
 from .online_config import OnlineConfig
 
@@ -78,8 +79,28 @@ def enable_activation_checkpointing(model, kwargs: dict | None = None) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **layout)
 
 
+def _holding_output_dir(train):
+    """A method's ``train()``, run holding ``output_dir`` (one writer per directory) when it writes checkpoints."""
+    @functools.wraps(train)
+    def holding(self, *args, **kwargs):
+        with self.hold_output_dir(writes=self.args.save_strategy != "no"):
+            return train(self, *args, **kwargs)
+    return holding
+
+
 class OnlineTrainer:
     method = "online"  # the name on the model card
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "train" in cls.__dict__:
+            cls.train = _holding_output_dir(cls.__dict__["train"])
+
+    def hold_output_dir(self, writes: bool = True):
+        """One writer per ``output_dir`` (``checkpoint.output_dir_lock``), taken by the main process."""
+        return ckpt.output_dir_lock(self.args.output_dir, overwrite=bool(getattr(self.args, "overwrite_output_dir", False)),
+                                    save_total_limit=self.args.save_total_limit,
+                                    enabled=writes and self.accelerator.is_main_process)
 
     def __init__(self, model, args: OnlineConfig, *, reward_funcs=None, train_dataset=None, eval_dataset=None,
                  processing_class=None, callbacks=None, peft_config=None, ref_model=None, rollout_source=None,
@@ -122,7 +143,8 @@ class OnlineTrainer:
             if train_dataset is not None else None
         self.eval_prompts = load_prompts(eval_dataset, self.tokenizer, args.max_prompt_length, f"{name} eval") \
             if eval_dataset is not None else None
-        self.rewards = RewardSet(reward_funcs, args.reward_weights) if reward_funcs is not None else None
+        self.rewards = RewardSet(reward_funcs, args.reward_weights, nonfinite=args.nonfinite_rewards) \
+            if reward_funcs is not None else None
         for fn in self.rewards.funcs if self.rewards else []:  # reward models run where the policy runs
             if isinstance(getattr(fn, "model", None), torch.nn.Module):
                 fn.model.to(self.accelerator.device)
@@ -156,6 +178,7 @@ class OnlineTrainer:
                                                 self.optimizer, self.lr_scheduler)
         self.callback_handler.add_callback(PrinterCallback if args.disable_tqdm else ProgressCallback)
         self._metrics, self._save_due, self._step_stats = defaultdict(list), False, None
+        self._unscored, self._scored_any = 0, False  # generations in a row with no reward at all; any with one
         self.generations = 0  # generations sampled: the index of prompt batches and update shuffles
 
     # ---- callbacks, as on transformers.Trainer ----------------------------------------------------------
@@ -229,11 +252,28 @@ class OnlineTrainer:
             groups = everyone.view(-1, group_size)
             lo, hi = groups.nan_to_num(float("inf")).amin(1), groups.nan_to_num(float("-inf")).amax(1)
             extra["frac_reward_zero_std"] = (~(hi > lo)).float().mean()
+        self.check_scored(bool(everyone.isnan().all()), everyone.numel())
+        if self.args.nonfinite_rewards == "skip":
+            extra["nonfinite_rewards"] = self.accelerator.reduce(
+                torch.tensor(float(scored.num_nonfinite), device=self.accelerator.device), reduction="sum")
         self.record(reward=self.gather_mean(rewards), reward_std=spread, **extra,
                     dropped=float(everyone.isnan().sum()),
                     completion_length=self.gather_mean(rollout.completion_attention.sum(1).float()),
                     truncated_prompts=rollout.truncated_prompts,
                     **{f"rewards/{k}": self.gather_mean(v) for k, v in scored.per_function.items()})
+
+    def check_scored(self, unscored: bool, samples: int) -> None:
+        """Count generations in a row in which no completion got a reward (the same on every process: from
+        gathered rewards); after ``max_unscored_generations`` of them, a RewardError."""
+        self._unscored = self._unscored + 1 if unscored else 0
+        self._scored_any = self._scored_any or not unscored
+        limit = self.args.max_unscored_generations
+        if limit and self._unscored >= limit:
+            names = ", ".join(self.rewards.names) if self.rewards else "the environment's rewards"
+            raise RewardError(f"No completion got a reward in {self._unscored} generations in a row ({samples} "
+                              f"samples each): every reward function ({names}) returned None for every sample, so "
+                              "there is nothing to learn from. Check the reward functions (None means 'does not "
+                              "apply'), or raise max_unscored_generations (0: never stop).")
 
     # ---- the update: windows of micro-batches, one optimizer step each -------------------------------
     def update_windows(self, n_rows: int, stop_at_max_steps: bool = True):
@@ -347,6 +387,11 @@ class OnlineTrainer:
         path = ckpt.resolve_resume(resume_from_checkpoint or self.args.resume_from_checkpoint, self.args.output_dir)
         if path:
             method_state = self.load_checkpoint(path)  # restores the RNG state too
+            if self.training_finished():
+                transformers.utils.logging.get_logger(__name__).warning(
+                    "%s is at step %d, the end of this run: nothing to train (raise max_steps to train on).", path,
+                    self.state.global_step)
+                self.finished_at_start = True
         else:  # the RNG state a transformers Trainer starts from: seeded, then one draw for the DataLoader's
             set_seed(self.args.seed)  # base seed -- so the same seed samples the same completions as TRL
             torch.empty((), dtype=torch.int64).random_()
@@ -365,6 +410,10 @@ class OnlineTrainer:
         return due
 
     def end_training(self) -> TrainOutput:
+        if self._unscored and not self._scored_any:  # a run shorter than max_unscored_generations, never scored
+            transformers.utils.logging.get_logger(__name__).warning(
+                "No completion got a reward in this run (%d generations): every reward function returned None for "
+                "every sample, so nothing was learned from rewards. Check the reward functions.", self._unscored)
         if self._metrics:  # the last, partial logging window (a run shorter than logging_steps logs too)
             self.log({})
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
@@ -431,7 +480,8 @@ class OnlineTrainer:
         output_dir = output_dir or self.args.output_dir
         gathered = distributed.full_state_dict(self.accelerator, self.model) \
             if distributed.is_fsdp(self.accelerator) or distributed.is_deepspeed(self.accelerator) else None
-        with ckpt.atomic_save(self.accelerator, output_dir) as staging:
+        with self.hold_output_dir(writes=os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)), \
+                ckpt.atomic_save(self.accelerator, output_dir) as staging:
             if self.accelerator.is_main_process:
                 model = self.accelerator.unwrap_model(self.model)
                 model.save_pretrained(staging, **({"state_dict": gathered} if gathered is not None else {}))
