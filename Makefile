@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/online.py --setting long --output benchmarks/online_long.md
 	$(PY) benchmarks/generation.py --output benchmarks/generation.md
 	$(PY) benchmarks/ppo_memory.py --output benchmarks/ppo_memory.md
+	$(PY) benchmarks/quantized_memory.py --output benchmarks/quantized_memory.md
 	$(PY) benchmarks/run.py --output BENCHMARKS.md
 
 clean:

@@ -848,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
         "change memory. Default: full fine-tuning."))
     parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS, help=(
         "Quantize the base with bitsandbytes: 8bit (LLM.int8: 1 byte a weight + row scales) or 4bit (NF4 with "
-        "double quantization: ~4.13 bits a weight). Embeddings, norms and the output layer stay in --dtype. "
+        "double quantization: ~4.13 bits a weight). Embeddings, norms and the output layer stay unquantized (in "
+        "float32 by default, see --kbit_float32). "
         "Needs --lora. Default: none."))
     parser.add_argument("--per_device_train_batch_size", type=_positive, default=1, metavar="N", help=(
         "Rows per micro-batch as posttrain counts them: sequences (sft), pairs (dpo, reward: 2N sequences), "
