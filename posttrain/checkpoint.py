@@ -252,9 +252,6 @@ def finish_interrupted_save(output_dir: str) -> bool:
     return True
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
 def has_complete_model(output_dir: str) -> bool:
     """Whether ``output_dir`` holds a finished final save (its completion marker, and no swap under way)."""
     return (os.path.isfile(os.path.join(output_dir, COMPLETE_MARKER))
@@ -277,7 +274,8 @@ def check_saved_model(path) -> None:
             if not os.path.exists(file):
                 raise OutputDirError(f"{path} is not a complete model: {name}, written by its save, is missing.")
             # weights at their size; text files (the card, configs) are edited after saving, by posttrain too
-            if size is not None and name.endswith(WEIGHT_SUFFIXES) and os.path.getsize(file) != size:
+            if size is not None and name.endswith(WEIGHT_SUFFIXES) and not name.endswith(".json") \
+                    and os.path.getsize(file) != size:
                 raise OutputDirError(f"{path} is not a complete model: {name} has {os.path.getsize(file)} bytes, "
                                      f"its save wrote {size}. Save the model again.")
     elif os.path.isdir(os.path.join(path, FINAL_STAGING)) and not any(
