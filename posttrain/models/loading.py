@@ -104,7 +104,7 @@ def load_model(name_or_path: str, task: str = "causal-lm", dtype: str | torch.dt
         import peft
 
         base = load_model(adapter, task, dtype, seed, revision, trust_remote_code, attn_implementation, **kwargs)
-        return peft.PeftModel.from_pretrained(base, name_or_path)
+        return peft.PeftModel.from_pretrained(base, name_or_path, is_trainable=True)  # training can continue
     if name_or_path.startswith("tiny:"):
         model = build_tiny_model(name_or_path, task, seed=seed, num_labels=kwargs.get("num_labels", 1))
         if attn_implementation is not None:
