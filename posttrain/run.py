@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from transformers import PrinterCallback, ProgressCallback
 
-from .checkpoint import finished_step, has_complete_model, output_dir_lock, resolve_resume
+from .checkpoint import finished_step, has_complete_model, resolve_resume
+from .output_dir import output_dir_lock
 from .config import DataArguments, ModelArguments
 from .data.formats import DataFormatError, load_rows, load_splits
 from .rewards import BUILTIN_REWARDS
@@ -89,7 +90,7 @@ def run_training(command: str, model_args: ModelArguments, data_args: DataArgume
     ``callbacks``: ``transformers.TrainerCallback`` objects (every trainer takes them). ``bar_only``: show
     the progress bar (with the latest loss, or reward and KL) but do not print every log entry.
 
-    The run holds ``config.output_dir`` from start to end (``checkpoint.output_dir_lock``: a second run into it
+    The run holds ``config.output_dir`` from start to end (``output_dir.output_dir_lock``: a second run into it
     fails at once, an unwritable or full disk fails before training); resuming a run that already ended does
     no work, and keeps the final model already saved."""
     with output_dir_lock(config.output_dir, overwrite=bool(getattr(config, "overwrite_output_dir", False)),

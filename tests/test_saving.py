@@ -18,7 +18,9 @@ import pytest
 
 from posttrain import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer, load_model
 from posttrain import checkpoint as ckpt
-from posttrain.checkpoint import OutputDirError, output_dir_lock
+from posttrain.checkpoint import OutputDirError
+from posttrain import output_dir as odir
+from posttrain.output_dir import output_dir_lock
 from posttrain.cli import main
 from posttrain.data import toy
 
@@ -192,7 +194,7 @@ def test_interrupted_save_is_never_taken_for_a_model(tmp_path):
 # ---- one writer per output_dir -----------------------------------------------------------------------------------
 def _holder(out):
     """A live process holding ``out``'s lock (another run)."""
-    code = ("import sys, time; from posttrain.checkpoint import output_dir_lock\n"
+    code = ("import sys, time; from posttrain.output_dir import output_dir_lock\n"
             "with output_dir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True, env=ENV)
     assert proc.stdout.readline().strip() == "held"
@@ -226,19 +228,19 @@ def test_stale_lock_is_taken_over_and_released(tmp_path, caplog):
     dead.wait()
     out = tmp_path / "out"
     out.mkdir()
-    (out / ckpt.LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "token": "x"}))
+    (out / odir.LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "token": "x"}))
     trainer = sft(out, save_strategy="steps", save_steps=1)
     with caplog.at_level("WARNING", logger="posttrain.checkpoint"):
         trainer.train()
     assert "that process is gone" in caplog.text
-    assert (out / "checkpoint-1").is_dir() and not (out / ckpt.LOCK_FILE).exists()  # released at the end
+    assert (out / "checkpoint-1").is_dir() and not (out / odir.LOCK_FILE).exists()  # released at the end
     # released on an exception too; and a lock held by this process is re-entrant
     with pytest.raises(RuntimeError):
         with output_dir_lock(str(out)):
             with output_dir_lock(str(out)):
-                assert json.loads((out / ckpt.LOCK_FILE).read_text())["pid"] == os.getpid()
+                assert json.loads((out / odir.LOCK_FILE).read_text())["pid"] == os.getpid()
             raise RuntimeError
-    assert not (out / ckpt.LOCK_FILE).exists()
+    assert not (out / odir.LOCK_FILE).exists()
 
 
 def test_extra_checkpoints_removed_at_the_next_start(tmp_path):
@@ -310,7 +312,7 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, capsys, monkeypat
     for code_, expected in ((errno.EROFS, "is on a read-only file system"),
                             (errno.ENOSPC, "No space left on the disk holding")):
         def failing(file, *args, **kwargs):
-            if ckpt.PROBE_FILE in str(file):
+            if odir.PROBE_FILE in str(file):
                 raise OSError(code_, os.strerror(code_), str(file))
             return real_open(file, *args, **kwargs)
 
@@ -320,7 +322,7 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, capsys, monkeypat
                      "--disable_tqdm", "true", "--report_to", "none"])
         err = capsys.readouterr().err
         assert code == 2 and expected in err and out in err, err
-        assert not os.path.exists(os.path.join(out, ckpt.LOCK_FILE))
+        assert not os.path.exists(os.path.join(out, odir.LOCK_FILE))
         monkeypatch.undo()
 
 
@@ -359,7 +361,7 @@ def test_disk_full_while_saving_names_the_disk_and_the_log_never_repeats_a_step(
         with pytest.raises(OutputDirError, match=f"No space left on the disk holding {out}"):
             trainer.train()
         assert (out / "checkpoint-2").is_dir() and not (out / ckpt.STAGING_DIR / "checkpoint-4").exists()
-        assert not (out / ckpt.LOCK_FILE).exists()
+        assert not (out / odir.LOCK_FILE).exists()
         monkeypatch.undo()
         retry = GRPOTrainer("tiny:llama", ["arithmetic"], args=GRPOConfig(**args), train_dataset=rows)
         retry.train(resume_from_checkpoint=True)

@@ -15,7 +15,8 @@ import transformers
 from .. import __version__
 from ..card import final_metrics, write_model_card
 from .. import distributed
-from ..checkpoint import atomic_checkpoint, atomic_save, checkpoint_name, finished_step, output_dir_lock
+from ..checkpoint import atomic_checkpoint, atomic_save, checkpoint_name, finished_step
+from ..output_dir import output_dir_lock
 from ..data.formats import load_rows, validate
 from ..data.tokenize import TOKENIZATION_VERSION, check_tokenizer
 from ..models.loading import add_adapter, disable_dropout, load_model, load_tokenizer
@@ -102,7 +103,7 @@ class PostTrainer(transformers.Trainer):
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """``transformers.Trainer.train`` holding ``output_dir`` (``checkpoint.output_dir_lock``) when it writes
+        """``transformers.Trainer.train`` holding ``output_dir`` (``output_dir.output_dir_lock``) when it writes
         checkpoints. Resuming from a checkpoint that already reached the end of the run does no work: it says so,
         loads the checkpoint's weights and state, and returns (transformers would train one more step)."""
         with self.hold_output_dir(writes=self.args.save_strategy != "no"):
@@ -124,8 +125,8 @@ class PostTrainer(transformers.Trainer):
             return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def hold_output_dir(self, writes: bool = True):
-        """One writer per ``output_dir`` (``checkpoint.output_dir_lock``), taken by the main process."""
-        return output_dir_lock(self.args.output_dir, overwrite=bool(getattr(self.args, "overwrite_output_dir", False)),
+        """One writer per ``output_dir`` (``output_dir.output_dir_lock``), taken by the main process."""
+        return output_dir_lock(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
                                save_total_limit=self.args.save_total_limit,
                                enabled=writes and self.is_world_process_zero())
 

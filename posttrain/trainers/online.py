@@ -30,6 +30,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .. import checkpoint as ckpt
 from .. import distributed
+from ..output_dir import output_dir_lock
 from ..card import final_metrics, write_model_card
 from ..data.prompts import load_prompts
 from ..data.tokenize import check_tokenizer
@@ -97,10 +98,10 @@ class OnlineTrainer:
             cls.train = _holding_output_dir(cls.__dict__["train"])
 
     def hold_output_dir(self, writes: bool = True):
-        """One writer per ``output_dir`` (``checkpoint.output_dir_lock``), taken by the main process."""
-        return ckpt.output_dir_lock(self.args.output_dir, overwrite=bool(getattr(self.args, "overwrite_output_dir", False)),
-                                    save_total_limit=self.args.save_total_limit,
-                                    enabled=writes and self.accelerator.is_main_process)
+        """One writer per ``output_dir`` (``output_dir.output_dir_lock``), taken by the main process."""
+        return output_dir_lock(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
+                               save_total_limit=self.args.save_total_limit,
+                               enabled=writes and self.accelerator.is_main_process)
 
     def __init__(self, model, args: OnlineConfig, *, reward_funcs=None, train_dataset=None, eval_dataset=None,
                  processing_class=None, callbacks=None, peft_config=None, ref_model=None, rollout_source=None,
